@@ -1,0 +1,176 @@
+"""Hugging Face ``transformers.AdamW`` (the implementation removed in 4.50) as an optax
+transformation."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from funcopt import _checks
+from funcopt._numerics import NO_PARAMS, f32, is_static, learning_rate_at, one_minus_power, rounder
+
+__all__ = ["AdamWState", "adamw"]
+
+
+class AdamWState(NamedTuple):
+    """State of :func:`adamw`, field for field the per-parameter state of ``transformers.AdamW``.
+
+    Attributes:
+      count: int32 scalar, the number of updates made; it drives a learning-rate schedule the
+        way ``LambdaLR.last_epoch`` does.
+      step: pytree like the params of int32 scalars, torch's per-parameter ``state["step"]``
+        (bias correction uses it).
+      exp_avg: first moment, in each parameter's dtype (as in the reference, bf16 for bf16).
+      exp_avg_sq: second moment, same shapes and dtypes.
+    """
+
+    count: jax.Array
+    step: Any
+    exp_avg: Any
+    exp_avg_sq: Any
+
+
+def _resolve_mask(mask, params):
+    if mask is None:
+        return None
+    tree = mask(params) if callable(mask) else mask
+    try:
+        return jax.tree.structure(params).flatten_up_to(tree)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            "mask must be a pytree of bools with the structure of the params (or a callable "
+            f"params -> such a pytree): {err}"
+        ) from None
+
+
+def adamw(
+    learning_rate=1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    correct_bias: bool = True,
+    mask=None,
+) -> optax.GradientTransformation:
+    r"""``transformers.AdamW``: Adam with "epsilon-hat" and weight decay after the step.
+
+    For each parameter :math:`p` with gradient :math:`g`, at its step :math:`t = 1, 2, \dots`
+    and learning rate :math:`\eta` (``learning_rate`` evaluated at ``count``):
+
+    .. math::
+        m &\leftarrow \beta_1 m + (1 - \beta_1) g, \qquad
+        v \leftarrow \beta_2 v + (1 - \beta_2) g^2 \\
+        p' &= p - \eta \frac{\sqrt{1 - \beta_2^t}}{1 - \beta_1^t} \frac{m}{\sqrt{v} + \epsilon},
+        \qquad p_{\text{new}} = p' - \eta\,\lambda\,p'
+
+    Unlike ``torch.optim.AdamW``/``optax.adamw``: :math:`\epsilon` is added to the
+    *uncorrected* :math:`\sqrt v`, and the decay :math:`\lambda` (``weight_decay``, applied
+    only when > 0 and where ``mask`` is True) acts on the already-updated :math:`p'` with the
+    plain learning rate. ``correct_bias=False`` drops the bias correction (BERT-TF style).
+    Arithmetic follows the reference's order in float32 (in the parameter's dtype for bf16
+    parameters, whose moments are bf16 as in torch), so results match to round-off.
+
+    Args:
+      learning_rate: a float >= 0 or a schedule ``count -> lr``.
+      b1, b2: the betas, in [0, 1). Give them as Python floats for exact parity: under
+        ``optax.inject_hyperparams`` they arrive already rounded to float32
+        (0.9999 -> 0.99989998), which shifts the bias correction.
+      eps: added to :math:`\sqrt v`, >= 0.
+      weight_decay: decoupled decay rate, >= 0.
+      correct_bias: whether to apply Adam's bias correction.
+      mask: optional pytree of bools like the params (or a callable ``params -> mask``)
+        selecting the parameters that decay, e.g. ``lambda p: funcopt.name_mask(p,
+        exclude=["bias", "LayerNorm"])``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, funcopt
+      >>> params = {"w": jnp.array([0.1, -0.2, -0.1])}
+      >>> opt = funcopt.adamw(learning_rate=0.2)
+      >>> state = opt.init(params)
+      >>> grads = {"w": jnp.array([-0.2, -0.267, 0.267])}
+      >>> updates, state = opt.update(grads, state, params)
+      >>> optax.apply_updates(params, updates)["w"]
+      Array([ 0.29999837, -0.00000012, -0.2999999 ], dtype=float32)
+    """
+    _checks.learning_rate("learning_rate", learning_rate)
+    _checks.number("b1", b1, low=0.0, high=1.0, high_open=True, allowed="in [0.0, 1.0)")
+    _checks.number("b2", b2, low=0.0, high=1.0, high_open=True, allowed="in [0.0, 1.0)")
+    _checks.number("eps", eps, low=0.0)
+    _checks.number(
+        "weight_decay", weight_decay, low=0.0,
+        allowed=">= 0.0 (transformers.AdamW silently ignores a negative value)",
+    )
+    if not isinstance(correct_bias, bool):
+        raise TypeError(f"correct_bias must be a bool, got {correct_bias!r}.")
+    decays = not (is_static(weight_decay) and weight_decay == 0.0)
+
+    def init(params):
+        zeros = lambda p: jnp.zeros_like(p)
+        return AdamWState(
+            count=jnp.zeros([], jnp.int32),
+            step=jax.tree.map(lambda _: jnp.zeros([], jnp.int32), params),
+            exp_avg=jax.tree.map(zeros, params),
+            exp_avg_sq=jax.tree.map(zeros, params),
+        )
+
+    def update(grads, state, params=None):
+        if decays and params is None:
+            raise ValueError(NO_PARAMS)
+        lr = learning_rate_at(learning_rate, state.count)
+        treedef = jax.tree.structure(grads)
+        n = treedef.num_leaves
+        g_l = treedef.flatten_up_to(grads)
+        p_l = treedef.flatten_up_to(params) if params is not None else [None] * n
+        mask_l = _resolve_mask(mask, params) if decays else None
+        if mask_l is None:
+            mask_l = [decays] * n
+        if not all(isinstance(x, bool | np.bool_) for x in mask_l):
+            raise TypeError("mask leaves must be Python bools (static, known before jit).")
+        mask_l = [bool(x) for x in mask_l]
+        # The decay factor is lr * wd in the reference (float64 there), applied when wd > 0.
+        wd = jnp.asarray(weight_decay, f32)
+        decay_factor = jnp.where(wd > 0, -lr * wd, f32(0))
+        out = [
+            _adamw_leaf(g, m, v, p, t, lr, decay_factor, selected)
+            for g, m, v, p, t, selected in zip(
+                g_l, treedef.flatten_up_to(state.exp_avg),
+                treedef.flatten_up_to(state.exp_avg_sq), p_l,
+                treedef.flatten_up_to(state.step), mask_l, strict=True,
+            )
+        ]
+        unzip = lambda i: jax.tree_util.tree_unflatten(treedef, [o[i] for o in out])
+        new_state = AdamWState(optax.safe_increment(state.count), unzip(3), unzip(1), unzip(2))
+        return unzip(0), new_state
+
+    def _adamw_leaf(g, m, v, p, t, lr, decay_factor, selected):
+        dtype = m.dtype
+        rnd = rounder(dtype)
+        t = optax.safe_increment(t)
+        g = g.astype(f32)
+        one_minus_b1 = f32(1.0 - b1) if is_static(b1) else 1 - jnp.asarray(b1, f32)
+        one_minus_b2 = f32(1.0 - b2) if is_static(b2) else 1 - jnp.asarray(b2, f32)
+        # torch: exp_avg.mul_(b1).add_(g, alpha=1-b1); exp_avg_sq.mul_(b2).addcmul_(g, g, 1-b2)
+        m32 = rnd(rnd(m.astype(f32) * f32(b1)) + one_minus_b1 * g)
+        v32 = rnd(rnd(v.astype(f32) * f32(b2)) + one_minus_b2 * g * g)
+        denom = rnd(rnd(jnp.sqrt(v32)) + f32(eps))
+        if correct_bias:
+            step_size = lr * jnp.sqrt(one_minus_power(b2, t)) / one_minus_power(b1, t)
+        else:
+            step_size = lr
+        # p.addcdiv_(exp_avg, denom, value=-step_size): the update is (-step_size * m) / denom.
+        u = (-step_size * m32) / denom
+        if p is not None and (selected or dtype != f32):
+            # Form the new parameter exactly as the reference's in-place ops round it, then
+            # hand back new - p, which apply_updates adds back without a second rounding.
+            p32 = p.astype(f32)
+            new = rnd(p32 + u)
+            if selected:
+                new = rnd(new + decay_factor * new)
+            u = new - p32
+        return u.astype(dtype), m32.astype(dtype), v32.astype(dtype), t
+
+    return optax.GradientTransformation(init, update)

@@ -1,0 +1,64 @@
+"""Small numerical helpers shared by the optimizers (float32 arithmetic, reference order)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+f32 = jnp.float32
+
+NO_PARAMS = (
+    "This transformation needs the current parameters: call update(grads, state, params)."
+)
+
+
+def is_static(x) -> bool:
+    """True for a Python number (known at construction), False for an array or tracer."""
+    return isinstance(x, int | float)
+
+
+def learning_rate_at(learning_rate, count):
+    """The float32 learning rate for the update that has ``count`` updates before it."""
+    lr = learning_rate(count) if callable(learning_rate) else learning_rate
+    return jnp.asarray(lr, f32)
+
+
+def one_minus_power(b, t):
+    """``1 - b**t`` in float32, accurate to round-off even for ``b`` close to 1.
+
+    The reference computes it in float64; rounding ``b = 0.9999`` to float32 first would be
+    off by 1.7e-4 relative at ``t = 1``. With a static ``b`` the log is taken in float64 and
+    ``-expm1(t * log b)`` keeps the relative accuracy. A traced ``b`` (``inject_hyperparams``)
+    has already been rounded to float32, so its digits are gone; pass betas statically for
+    exact parity.
+    """
+    t = jnp.asarray(t, f32)
+    if is_static(b):
+        if b == 0.0:
+            return jnp.ones_like(t)
+        return -jnp.expm1(t * f32(math.log(b)))
+    return -jnp.expm1(t * jnp.log(jnp.asarray(b, f32)))
+
+
+def rounder(dtype):
+    """Rounds a float32 value through ``dtype`` and back: where torch ends a kernel in bf16."""
+    if jnp.dtype(dtype) == jnp.dtype(f32):
+        return lambda x: x
+    return lambda x: x.astype(dtype).astype(f32)
+
+
+def tree_leaves_like(treedef, tree, n):
+    """The leaves of ``tree`` at ``treedef``'s leaf positions; ``None`` (absent) for every
+    position when ``tree`` itself is None."""
+    if tree is None:
+        return [None] * n
+    return treedef.flatten_up_to(tree)
+
+
+def unflatten(treedef, leaves, absent_if_all_none=True):
+    """Rebuilds a state field; an all-``None`` field collapses to ``None``."""
+    if absent_if_all_none and all(x is None for x in leaves):
+        return None
+    return jax.tree_util.tree_unflatten(treedef, leaves)
