@@ -147,15 +147,18 @@ def adamw(
         return unzip(0), new_state
 
     def _adamw_leaf(g, m, v, p, t, lr, decay_factor, selected):
+        # torch's CPU kernels, op by op: x.mul_(b) rounds b*x; x.add_(y, alpha=a) is one fused
+        # multiply-add fma(a, y, x) with a rounded to x's dtype; x.addcmul_(y, z, value=c) is
+        # fma(c*y, z, x). XLA contracts ``lhs_product + rhs`` into fma(lhs), so each sum below
+        # puts the reference's fused product on the left. bf16 moments round after every op.
         dtype = m.dtype
-        rnd = rounder(dtype)
+        rnd, as_dtype = rounder(dtype), rounder(dtype)
         t = optax.safe_increment(t)
         g = g.astype(f32)
         one_minus_b1 = f32(1.0 - b1) if is_static(b1) else 1 - jnp.asarray(b1, f32)
         one_minus_b2 = f32(1.0 - b2) if is_static(b2) else 1 - jnp.asarray(b2, f32)
-        # torch: exp_avg.mul_(b1).add_(g, alpha=1-b1); exp_avg_sq.mul_(b2).addcmul_(g, g, 1-b2)
-        m32 = rnd(rnd(m.astype(f32) * f32(b1)) + one_minus_b1 * g)
-        v32 = rnd(rnd(v.astype(f32) * f32(b2)) + one_minus_b2 * g * g)
+        m32 = rnd(as_dtype(one_minus_b1) * g + rnd(m.astype(f32) * f32(b1)))
+        v32 = rnd((one_minus_b2 * g) * g + rnd(v.astype(f32) * f32(b2)))
         denom = rnd(rnd(jnp.sqrt(v32)) + f32(eps))
         if correct_bias:
             step_size = lr * jnp.sqrt(one_minus_power(b2, t)) / one_minus_power(b1, t)
@@ -169,7 +172,7 @@ def adamw(
             p32 = p.astype(f32)
             new = rnd(p32 + u)
             if selected:
-                new = rnd(new + decay_factor * new)
+                new = rnd(as_dtype(decay_factor) * new + new)
             u = new - p32
         return u.astype(dtype), m32.astype(dtype), v32.astype(dtype), t
 

@@ -1,0 +1,267 @@
+"""Hugging Face ``transformers.Adafactor`` (the fairseq port) as an optax transformation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from funcopt import _checks
+from funcopt._numerics import NO_PARAMS, f32, is_static, learning_rate_at, tree_leaves_like
+
+__all__ = ["AdafactorState", "adafactor", "adafactor_learning_rates"]
+
+
+class AdafactorState(NamedTuple):
+    """State of :func:`adafactor`, field for field ``transformers.Adafactor``'s per-parameter
+    state. Every field but ``count`` is a pytree like the params; a field is ``None`` where
+    the reference keeps no such entry (``exp_avg`` without ``beta1``, ``exp_avg_sq_row`` and
+    ``exp_avg_sq_col`` for leaves with ndim < 2, ``exp_avg_sq`` for leaves with ndim >= 2).
+    Moments are float32 (float64 for float64 parameters), whatever the parameters' dtype.
+
+    Attributes:
+      count: int32 scalar, updates made; drives a learning-rate schedule.
+      step: int32 scalar per leaf, torch's ``state["step"]``.
+      rms: float32 scalar per leaf, RMS of the parameter before its last update (``"RMS"``).
+      lr: float32 scalar per leaf, the step size used at the last update (what
+        ``AdafactorSchedule`` reports; read it with :func:`adafactor_learning_rates`).
+      exp_avg: first moment (only with ``beta1``), the parameter's shape.
+      exp_avg_sq_row: factored second moment, shape ``shape[:-1]``.
+      exp_avg_sq_col: factored second moment, shape ``shape[:-2] + shape[-1:]``.
+      exp_avg_sq: unfactored second moment, the parameter's shape.
+    """
+
+    count: jax.Array
+    step: Any
+    rms: Any
+    lr: Any
+    exp_avg: Any
+    exp_avg_sq_row: Any
+    exp_avg_sq_col: Any
+    exp_avg_sq: Any
+
+
+def _state_dtype(dtype):
+    return jnp.promote_types(dtype, f32).type
+
+
+def _rms(x):
+    # torch: x.norm(2) / numel ** 0.5 (the divisor is a Python float, rounded to x's dtype)
+    return jnp.sqrt(jnp.sum(x * x)) / jnp.asarray(math.sqrt(x.size), x.dtype)
+
+
+def adafactor(
+    learning_rate=None,
+    eps=(1e-30, 1e-3),
+    clip_threshold: float = 1.0,
+    decay_rate: float = -0.8,
+    beta1: float | None = None,
+    weight_decay: float = 0.0,
+    scale_parameter: bool = True,
+    relative_step: bool = True,
+    warmup_init: bool = False,
+) -> optax.GradientTransformation:
+    r"""``transformers.Adafactor``: factored second moments, relative step sizes, update clipping.
+
+    For a parameter :math:`p` with gradient :math:`g` at its step :math:`t`:
+
+    .. math::
+        \rho &= \min(10^{-6} t \text{ if warmup\_init else } 10^{-2},\ 1/\sqrt t)
+              \text{ if relative\_step else the learning rate} \\
+        \alpha &= \max(\epsilon_2, \mathrm{RMS}(p))\,\rho \text{ if scale\_parameter else } \rho,
+        \qquad \hat\beta_{2t} = 1 - t^{c}\ (c = \text{decay\_rate}) \\
+        R &\leftarrow \hat\beta_{2t} R + (1-\hat\beta_{2t})\,\mathrm{mean}_{-1}(g^2+\epsilon_1),
+        \quad C \leftarrow \hat\beta_{2t} C + (1-\hat\beta_{2t})\,\mathrm{mean}_{-2}(g^2+\epsilon_1) \\
+        U &= g \,/\, \sqrt{R_i C_j / \mathrm{mean}_k R_k}
+        \quad\text{(unfactored: } V \leftarrow \hat\beta_{2t} V + (1-\hat\beta_{2t})(g^2+\epsilon_1),
+        \ U = g/\sqrt V) \\
+        U &\leftarrow \alpha\, U / \max(1, \mathrm{RMS}(U)/d), \qquad
+        M \leftarrow \beta_1 M + (1-\beta_1) U,\ U = M \text{ (with beta1)} \\
+        p &\leftarrow p - \lambda \alpha p - U
+
+    Every leaf with ndim >= 2 is factored over its last two axes (no minimum size, unlike
+    ``optax.adafactor``); RMS is of the parameter *before* the update; the first moment
+    averages the clipped, lr-scaled update (transformers#34506). bf16/fp16 parameters are
+    updated in float32 and rounded back; the state is float32.
+
+    Args:
+      learning_rate: None with ``relative_step=True`` (the default); otherwise a float >= 0
+        or a schedule ``count -> lr``.
+      eps: ``(eps1, eps2)``: added to the squared gradient, and the floor of the parameter
+        scale.
+      clip_threshold: update clipping threshold :math:`d` > 0.
+      decay_rate: exponent :math:`c` <= 0 of the second-moment decay.
+      beta1: first-moment decay in [0, 1], or None for no first moment.
+      weight_decay: decay rate :math:`\lambda` >= 0, scaled by :math:`\alpha`.
+      scale_parameter: scale the step by the parameter's RMS.
+      relative_step: compute a time-dependent step size instead of ``learning_rate``.
+      warmup_init: warm the relative step up linearly (needs ``relative_step``).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, funcopt
+      >>> params = {"w": jnp.array([0.1, -0.2, -0.1])}
+      >>> opt = funcopt.adafactor(learning_rate=1e-2, relative_step=False,
+      ...                         scale_parameter=False)
+      >>> state = opt.init(params)
+      >>> updates, state = opt.update({"w": jnp.array([-0.2, -0.267, 0.267])}, state, params)
+      >>> optax.apply_updates(params, updates)["w"]
+      Array([ 0.11, -0.19, -0.11], dtype=float32)
+    """
+    if learning_rate is not None and relative_step:
+        raise ValueError(
+            f"learning_rate={learning_rate!r} cannot be combined with relative_step=True: "
+            "pass relative_step=False to use a manual learning rate, or learning_rate=None."
+        )
+    if warmup_init and not relative_step:
+        raise ValueError("warmup_init=True requires relative_step=True.")
+    if learning_rate is None and not relative_step:
+        raise ValueError(
+            "relative_step=False needs a learning_rate (a float >= 0 or a schedule); "
+            "transformers.Adafactor would fail on its first step with a TypeError."
+        )
+    if learning_rate is not None:
+        _checks.learning_rate("learning_rate", learning_rate)
+    if not (isinstance(eps, tuple | list) and len(eps) == 2):
+        raise ValueError(f"eps={eps!r} is invalid: it must be a pair (eps1, eps2).")
+    eps1, eps2 = eps
+    _checks.number("eps[0]", eps1, low=0.0)
+    _checks.number("eps[1]", eps2, low=0.0)
+    _checks.number("clip_threshold", clip_threshold, low=0.0, low_open=True)
+    _checks.number("decay_rate", decay_rate, high=0.0)
+    if beta1 is not None:
+        _checks.number("beta1", beta1, low=0.0, high=1.0, allowed="in [0.0, 1.0] or None")
+    _checks.number("weight_decay", weight_decay, low=0.0)
+    for name, flag in (("scale_parameter", scale_parameter), ("relative_step", relative_step),
+                       ("warmup_init", warmup_init)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}.")
+    decays = not (is_static(weight_decay) and weight_decay == 0.0)
+
+    def init(params):
+        def leaf(p):
+            sd = _state_dtype(p.dtype)
+            factored = p.ndim >= 2
+            return (
+                jnp.zeros([], jnp.int32),
+                jnp.zeros([], sd),
+                jnp.zeros([], f32),
+                jnp.zeros(p.shape, sd) if beta1 is not None else None,
+                jnp.zeros(p.shape[:-1], sd) if factored else None,
+                jnp.zeros(p.shape[:-2] + p.shape[-1:], sd) if factored else None,
+                None if factored else jnp.zeros(p.shape, sd),
+            )
+
+        treedef = jax.tree.structure(params)
+        per_leaf = [leaf(p) for p in treedef.flatten_up_to(params)]
+        return _assemble(treedef, jnp.zeros([], jnp.int32), per_leaf)
+
+    def update(grads, state, params=None):
+        if params is None:
+            raise ValueError(NO_PARAMS)
+        treedef = jax.tree.structure(grads)
+        n = treedef.num_leaves
+        fields = [treedef.flatten_up_to(grads), treedef.flatten_up_to(params)] + [
+            tree_leaves_like(treedef, f, n) for f in state[1:]
+        ]
+        lr = None if relative_step else learning_rate_at(learning_rate, state.count)
+        out = [_leaf(lr, *args) for args in zip(*fields, strict=True)]
+        updates = jax.tree_util.tree_unflatten(treedef, [o[0] for o in out])
+        return updates, _assemble(treedef, optax.safe_increment(state.count),
+                                  [o[1:] for o in out])
+
+    def _leaf(lr, g, p, step, _rms_old, _lr_old, exp_avg, row, col, sq):
+        sd = _state_dtype(p.dtype)
+        g = g.astype(sd)
+        p32 = p.astype(sd)
+        step = optax.safe_increment(step)
+        t = step.astype(sd)
+        rms = _rms(p32)
+        if relative_step:
+            min_step = sd(1e-6) * t if warmup_init else sd(1e-2)
+            rho = jnp.minimum(min_step, 1 / jnp.sqrt(t))
+        else:
+            rho = lr.astype(sd)
+        alpha = jnp.where(rms > eps2, rms * rho, sd(eps2) * rho) if scale_parameter else rho
+        decay = jnp.power(t, sd(decay_rate))  # 1 - beta2t
+        beta2t = 1 - decay
+        # Sums put the product torch fuses (x.add_(y, alpha=a) is fma(a, y, x)) on the left,
+        # where XLA contracts it into the same fused multiply-add.
+        u = g * g + sd(eps1)
+        if row is not None:
+            row = decay * jnp.mean(u, axis=-1) + row * beta2t
+            col = decay * jnp.mean(u, axis=-2) + col * beta2t
+            r_factor = jax.lax.rsqrt(row / jnp.mean(row, axis=-1, keepdims=True))[..., None]
+            c_factor = jax.lax.rsqrt(col)[..., None, :]
+            u = (r_factor * c_factor) * g
+        else:
+            sq = decay * u + sq * beta2t
+            u = jax.lax.rsqrt(sq) * g
+        u = u / jnp.maximum(_rms(u) / sd(clip_threshold), sd(1.0))
+        u = u * alpha
+        if beta1 is not None:
+            exp_avg = sd(1.0 - beta1) * u + exp_avg * sd(beta1)
+            u = exp_avg
+        if decays:
+            new = (-jnp.asarray(weight_decay, sd) * alpha) * p32 + p32
+            new = (new - u).astype(p.dtype)
+            update = (new.astype(sd) - p32).astype(p.dtype)
+        elif p.dtype != sd:
+            update = ((p32 - u).astype(p.dtype).astype(sd) - p32).astype(p.dtype)
+        else:
+            update = -u
+        return update, step, rms, alpha.astype(f32), exp_avg, row, col, sq
+
+    return optax.GradientTransformation(init, update)
+
+
+def _assemble(treedef, count, per_leaf):
+    columns = list(zip(*per_leaf, strict=True)) if per_leaf else [()] * 7
+    fields = []
+    for column in columns:
+        if all(x is None for x in column):
+            fields.append(None)
+        else:
+            fields.append(jax.tree_util.tree_unflatten(treedef, list(column)))
+    return AdafactorState(count, *fields)
+
+
+def _find(state, cls):
+    if isinstance(state, cls):
+        return state
+    if isinstance(state, tuple | list):
+        children = state
+    elif isinstance(state, dict):
+        children = state.values()
+    else:
+        children = getattr(state, "__dict__", {}).values()
+    for child in children:
+        found = _find(child, cls)
+        if found is not None:
+            return found
+    return None
+
+
+def adafactor_learning_rates(state):
+    """The learning rate each leaf used at its last step, as a pytree like the params.
+
+    HF's ``AdafactorSchedule`` logs the first parameter's value; this gives every leaf's.
+    Before the first update the values are 0.0 (``AdafactorSchedule``'s initial_lr). The
+    state may be an :class:`AdafactorState` or any optax state containing one (``chain``,
+    ``inject_hyperparams``, ``MultiSteps``).
+
+    >>> import jax.numpy as jnp, funcopt
+    >>> opt = funcopt.adafactor()
+    >>> params = {"w": jnp.ones((2, 2))}
+    >>> _, state = opt.update({"w": jnp.ones((2, 2))}, opt.init(params), params)
+    >>> funcopt.adafactor_learning_rates(state)
+    {'w': Array(0.01, dtype=float32)}
+    """
+    found = _find(state, AdafactorState)
+    if found is None:
+        raise TypeError(
+            f"adafactor_learning_rates needs a funcopt.adafactor state, got {type(state).__name__}."
+        )
+    return found.lr
