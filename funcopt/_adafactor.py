@@ -174,22 +174,23 @@ def adafactor(
 
     def _leaf(lr, g, p, step, _rms_old, _lr_old, exp_avg, row, col, sq):
         sd = _state_dtype(p.dtype)
+        c = lambda x: jnp.asarray(x, sd)  # a hyperparameter, static or injected
         g = g.astype(sd)
         p32 = p.astype(sd)
         step = optax.safe_increment(step)
         t = step.astype(sd)
         rms = _rms(p32)
         if relative_step:
-            min_step = sd(1e-6) * t if warmup_init else sd(1e-2)
+            min_step = c(1e-6) * t if warmup_init else c(1e-2)
             rho = jnp.minimum(min_step, 1 / jnp.sqrt(t))
         else:
             rho = lr.astype(sd)
-        alpha = jnp.where(rms > eps2, rms * rho, sd(eps2) * rho) if scale_parameter else rho
-        decay = jnp.power(t, sd(decay_rate))  # 1 - beta2t
+        alpha = jnp.where(rms > eps2, rms * rho, c(eps2) * rho) if scale_parameter else rho
+        decay = jnp.power(t, c(decay_rate))  # 1 - beta2t
         beta2t = 1 - decay
         # Sums put the product torch fuses (x.add_(y, alpha=a) is fma(a, y, x)) on the left,
         # where XLA contracts it into the same fused multiply-add.
-        u = g * g + sd(eps1)
+        u = g * g + c(eps1)
         if row is not None:
             row = decay * jnp.mean(u, axis=-1) + row * beta2t
             col = decay * jnp.mean(u, axis=-2) + col * beta2t
@@ -199,10 +200,11 @@ def adafactor(
         else:
             sq = decay * u + sq * beta2t
             u = jax.lax.rsqrt(sq) * g
-        u = u / jnp.maximum(_rms(u) / sd(clip_threshold), sd(1.0))
+        u = u / jnp.maximum(_rms(u) / c(clip_threshold), c(1.0))
         u = u * alpha
         if beta1 is not None:
-            exp_avg = sd(1.0 - beta1) * u + exp_avg * sd(beta1)
+            one_minus_beta1 = c(1.0 - beta1) if is_static(beta1) else 1 - c(beta1)
+            exp_avg = one_minus_beta1 * u + exp_avg * c(beta1)
             u = exp_avg
         if decays:
             new = (-jnp.asarray(weight_decay, sd) * alpha) * p32 + p32
