@@ -32,6 +32,13 @@ class AdafactorState(NamedTuple):
       exp_avg_sq_row: factored second moment, shape ``shape[:-1]``.
       exp_avg_sq_col: factored second moment, shape ``shape[:-2] + shape[-1:]``.
       exp_avg_sq: unfactored second moment, the parameter's shape.
+
+    >>> import jax.numpy as jnp, funcopt
+    >>> state = funcopt.adafactor().init({"w": jnp.zeros((2, 3, 4)), "b": jnp.zeros(4)})
+    >>> state.exp_avg_sq_row["w"].shape, state.exp_avg_sq_col["w"].shape
+    ((2, 3), (2, 4))
+    >>> state.exp_avg_sq["b"].shape, state.exp_avg_sq["w"], state.exp_avg
+    ((4,), None, None)
     """
 
     count: jax.Array

@@ -23,6 +23,11 @@ class AdamWeightDecayState(NamedTuple):
       iterations: int32 scalar, Keras' ``optimizer.iterations`` (0-based, the schedule's step).
       m, v: first and second moments, pytrees like the params.
       vhat: running maximum of ``v`` with ``amsgrad``, else None.
+
+    >>> import jax.numpy as jnp, funcopt
+    >>> state = funcopt.adam_weight_decay(amsgrad=True).init({"kernel": jnp.zeros((2, 2))})
+    >>> int(state.iterations), state.vhat["kernel"].shape
+    (0, (2, 2))
     """
 
     iterations: jax.Array
@@ -185,7 +190,7 @@ def adam_weight_decay(
       >>> grads = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
       >>> updates, state = opt.update(grads, opt.init(params), params)
       >>> updates["dense"]["bias"]
-      Array([-0.09999969, -0.09999969], dtype=float32)
+      Array([-0.09999968, -0.09999968], dtype=float32)
     """
     _checks.learning_rate("learning_rate", learning_rate)
     _checks.number("b1", b1, low=0.0, high=1.0, allowed="in [0.0, 1.0]")

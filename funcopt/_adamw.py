@@ -26,6 +26,11 @@ class AdamWState(NamedTuple):
         (bias correction uses it).
       exp_avg: first moment, in each parameter's dtype (as in the reference, bf16 for bf16).
       exp_avg_sq: second moment, same shapes and dtypes.
+
+    >>> import jax.numpy as jnp, funcopt
+    >>> state = funcopt.adamw().init({"w": jnp.zeros((2, 3))})
+    >>> state.exp_avg["w"].shape, int(state.step["w"]), int(state.count)
+    ((2, 3), 0, 0)
     """
 
     count: jax.Array
@@ -84,17 +89,22 @@ def adamw(
       correct_bias: whether to apply Adam's bias correction.
       mask: optional pytree of bools like the params (or a callable ``params -> mask``)
         selecting the parameters that decay, e.g. ``lambda p: funcopt.name_mask(p,
-        exclude=["bias", "LayerNorm"])``.
+        exclude=["bias", "LayerNorm"])``. Under ``optax.inject_hyperparams`` list a callable
+        mask in ``static_args`` (optax would otherwise take it for a schedule).
 
-    Example:
-      >>> import jax.numpy as jnp, optax, funcopt
-      >>> params = {"w": jnp.array([0.1, -0.2, -0.1])}
+    Example (transformers' own AdamW test problem; the reference ends at
+    [0.40117839, 0.20173755, -0.50173759]):
+      >>> import jax, jax.numpy as jnp, optax, funcopt
+      >>> target = jnp.array([0.4, 0.2, -0.5])
+      >>> loss = lambda w: jnp.mean((w - target) ** 2)
+      >>> w = jnp.array([0.1, -0.2, -0.1])
       >>> opt = funcopt.adamw(learning_rate=0.2)
-      >>> state = opt.init(params)
-      >>> grads = {"w": jnp.array([-0.2, -0.267, 0.267])}
-      >>> updates, state = opt.update(grads, state, params)
-      >>> optax.apply_updates(params, updates)["w"]
-      Array([ 0.29999837, -0.00000012, -0.2999999 ], dtype=float32)
+      >>> state = opt.init(w)
+      >>> for _ in range(100):
+      ...     updates, state = opt.update(jax.grad(loss)(w), state, w)
+      ...     w = optax.apply_updates(w, updates)
+      >>> print(w.round(6))
+      [ 0.401178  0.201738 -0.501738]
     """
     _checks.learning_rate("learning_rate", learning_rate)
     _checks.number("b1", b1, low=0.0, high=1.0, high_open=True, allowed="in [0.0, 1.0)")
