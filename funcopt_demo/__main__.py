@@ -1,0 +1,5 @@
+"""Entry point of ``python -m funcopt_demo``."""
+
+from funcopt_demo.cli import main
+
+raise SystemExit(main())
