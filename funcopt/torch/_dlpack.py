@@ -1,0 +1,95 @@
+"""Moving tensors between torch and JAX through DLPack, without copies where DLPack allows.
+
+Facts this module relies on (jax 0.10, torch 2.13, CPU):
+
+* ``jax.dlpack.from_dlpack(t)`` shares ``t``'s memory when ``t`` is contiguous and its data
+  is 64-byte aligned (fresh torch allocations are); otherwise JAX copies and logs a warning, so
+  such tensors are cloned in torch first (quietly, into an aligned buffer).
+* ``torch.from_dlpack(a)`` shares ``a``'s memory and the tensor is *writable*: a torch view of
+  a JAX array must not outlive the array's use as an immutable value. While any torch view of
+  a JAX buffer is alive, JAX refuses (silently) to donate that buffer.
+* A parameter that requires grad cannot be exported; its ``detach()`` can.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import torch
+
+_ALIGNMENT = 64
+
+_DTYPES = {
+    torch.float32: jnp.float32,
+    torch.bfloat16: jnp.bfloat16,
+    torch.float16: jnp.float16,
+    torch.float64: jnp.float64,
+    torch.int32: jnp.int32,
+    torch.int64: jnp.int64,
+}
+
+FLOATING = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def jax_dtype(dtype: torch.dtype):
+    """The JAX dtype of a torch dtype."""
+    try:
+        return jnp.dtype(_DTYPES[dtype])
+    except KeyError:
+        raise TypeError(f"torch dtype {dtype} has no JAX counterpart here.") from None
+
+
+def check_param(p: torch.Tensor, where: str) -> None:
+    """Raises TypeError for a parameter funcopt cannot optimize (dtype, layout, x64)."""
+    if p.dtype not in FLOATING:
+        raise TypeError(
+            f"{where}: parameters must be floating point ({', '.join(map(str, FLOATING))}), "
+            f"got {p.dtype}."
+        )
+    if p.dtype == torch.float64 and not jax.config.jax_enable_x64:
+        raise TypeError(
+            f"{where}: float64 parameters need JAX's 64-bit mode: call "
+            "jax.config.update('jax_enable_x64', True) before building the optimizer, or "
+            "convert the model with model.float()."
+        )
+    if p.layout != torch.strided:
+        raise TypeError(f"{where}: only dense (strided) parameters are supported, got {p.layout}.")
+
+
+def _exportable(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    if not t.is_contiguous() or t.data_ptr() % _ALIGNMENT:
+        t = t.clone(memory_format=torch.contiguous_format)
+    return t
+
+
+def to_jax(t: torch.Tensor) -> jax.Array:
+    """A JAX array sharing ``t``'s memory (a contiguous aligned clone's if ``t`` is a strided
+    or misaligned view). The array aliases torch memory: torch must not write ``t`` while JAX
+    may still read it."""
+    return jax.dlpack.from_dlpack(_exportable(t))
+
+
+def to_jax_owned(t, dtype=None) -> jax.Array:
+    """A JAX-owned copy of ``t`` (a tensor, a JAX array or a Python number), cast to
+    ``dtype``: safe to donate, and immune to later in-place torch writes to ``t``."""
+    if isinstance(t, torch.Tensor):
+        x = to_jax(t)
+    else:
+        x = jnp.asarray(t)
+    if dtype is not None and x.dtype != dtype:
+        x = x.astype(dtype)
+    else:
+        x = jnp.array(x, copy=True)
+    return x.block_until_ready()  # done reading torch memory before torch may write it
+
+
+def to_torch(a: jax.Array) -> torch.Tensor:
+    """A writable torch view of ``a``'s memory (no copy)."""
+    return torch.from_dlpack(a)
+
+
+def to_torch_owned(a: jax.Array, device: torch.device | None = None) -> torch.Tensor:
+    """A torch-owned copy of ``a``, on ``device`` if given."""
+    t = torch.from_dlpack(a).clone()
+    return t if device is None else t.to(device)

@@ -1,0 +1,82 @@
+"""The jitted update one torch param group runs: all its stepping parameters in one call.
+
+Compiled once per (optimizer function, static hyperparameters, whether the learning rate is
+None) and, inside ``jax.jit``, per shapes and dtypes of the stepping parameters. The
+learning rate is a traced float32 scalar and the per-parameter steps a traced int32 vector,
+so neither a scheduler nor the step count ever recompiles.
+
+Donation: the state arrays and a scratch array per parameter (the previous step's output,
+already copied into the torch parameter) are donated, so in steady state XLA writes the new
+state and the new parameters into memory it already owns instead of allocating.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+_traces = 0
+
+
+def trace_count() -> int:
+    """How many times a group update has been traced (compiled) in this process."""
+    return _traces
+
+
+def static_key(config: dict) -> tuple:
+    """The hashable form of a group's static hyperparameters (all but the learning rate)."""
+    key = tuple(sorted(config.items()))
+    try:
+        hash(key)
+    except TypeError:
+        raise TypeError(
+            f"param group hyperparameters must be hashable numbers, bools, tuples or None, got "
+            f"{dict(key)!r}."
+        ) from None
+    return key
+
+
+def _transformation(optimizer_fn, static, lr):
+    return optimizer_fn(learning_rate=lr, **dict(static))
+
+
+@functools.lru_cache(maxsize=256)
+def compiled_init(optimizer_fn, layout, static: tuple, lr_is_none: bool):
+    """The jitted ``params -> (states, scratch)``: zero state (one dict per parameter) and a
+    zero scratch array per parameter, for parameters that step for the first time. A cheap
+    computation, compiled apart so that the update compiles once per group structure."""
+
+    def init(params):
+        global _traces
+        _traces += 1
+        tx = _transformation(optimizer_fn, static, None if lr_is_none else 0.0)
+        treedef = jax.tree.structure(list(params))
+        return layout.from_state(tx.init(list(params)), treedef)[1], [
+            jnp.zeros_like(p) for p in params
+        ]
+
+    return jax.jit(init, keep_unused=True)  # its outputs committed to the params' device
+
+
+@functools.lru_cache(maxsize=256)
+def compiled_update(optimizer_fn, layout, static: tuple, lr_is_none: bool):
+    """The jitted ``(lr, steps, params, grads, states, scratch) -> (new_params, new_states)``;
+    ``states`` holds one dict of arrays per parameter (``layout``'s keys), ``scratch`` one
+    array per parameter, both donated."""
+
+    def update(lr, steps, params, grads, states, scratch):
+        global _traces
+        _traces += 1
+        del scratch  # donated only, so that XLA reuses its memory for the new parameters
+        tx = _transformation(optimizer_fn, static, None if lr_is_none else lr)
+        treedef = jax.tree.structure(list(params))
+        state = layout.to_state(
+            treedef, jnp.zeros([], jnp.int32), [steps[i] for i in range(len(params))], states
+        )
+        updates, new_state = tx.update(list(grads), state, list(params))
+        return optax.apply_updates(list(params), updates), layout.from_state(new_state, treedef)[1]
+
+    return jax.jit(update, donate_argnames=("states", "scratch"), keep_unused=True)
