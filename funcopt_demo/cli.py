@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import time
 import warnings
@@ -18,6 +19,11 @@ INSTALL_HINT = (
     "    pip install -e '.[torch]' 'transformers==4.49.0'\n"
     "(or `make test`'s full set: pip install -e '.[test]')."
 )
+
+
+def missing_torch_packages() -> list[str]:
+    """The packages the torch half needs that are not installed (nothing is imported)."""
+    return [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
 
 
 class Summary(NamedTuple):
@@ -81,9 +87,7 @@ def run(config: Config, output: str = "funcopt_demo.png", use_torch: bool = True
     jax_run = train_jax.train(config, dataset, init, batches, progress=progress)
     torch_run = None
     if use_torch:
-        from funcopt_demo.train_torch import missing
-
-        absent = missing()
+        absent = missing_torch_packages()
         if absent:
             print(f"\nSkipping the torch half: {', '.join(absent)} not installed. {INSTALL_HINT}")
         else:

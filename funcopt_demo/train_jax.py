@@ -19,14 +19,19 @@ LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
 
 
 def forward(params, x):
-    """Logits of ``Linear -> LayerNorm -> GELU -> Linear``, with torch's ``(out, in)`` weights."""
-    h = x @ params["dense"]["weight"].T + params["dense"]["bias"]
+    """Logits of ``Linear -> LayerNorm -> GELU -> Linear``, with torch's ``(out, in)`` weights.
+
+    Broadcasts are spelled out (``[None]``) so the model also runs under
+    ``jax_numpy_rank_promotion="raise"``.
+    """
+    dense, norm, head = params["dense"], params["LayerNorm"], params["classifier"]
+    h = x @ dense["weight"].T + dense["bias"][None]
     mean = h.mean(axis=-1, keepdims=True)
     var = jnp.square(h - mean).mean(axis=-1, keepdims=True)
     h = (h - mean) * jax.lax.rsqrt(var + LAYER_NORM_EPS)
-    h = h * params["LayerNorm"]["weight"] + params["LayerNorm"]["bias"]
+    h = h * norm["weight"][None] + norm["bias"][None]
     h = jax.nn.gelu(h, approximate=False)
-    return h @ params["classifier"]["weight"].T + params["classifier"]["bias"]
+    return h @ head["weight"].T + head["bias"][None]
 
 
 def cross_entropy(params, x, y):

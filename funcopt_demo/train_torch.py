@@ -1,13 +1,12 @@
 """The torch half: the same MLP as an ``nn.Module``, trained with ``transformers.AdamW`` (or
 ``funcopt.torch.AdamW``) and HF's ``LambdaLR`` schedule.
 
-Importing this module needs torch and transformers; :func:`missing` says which are absent
-without importing them.
+Importing this module needs torch (and training needs transformers);
+:func:`funcopt_demo.cli.missing_torch_packages` says which are absent, importing nothing.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import time
 
 import numpy as np
@@ -21,11 +20,6 @@ from funcopt_demo.data import Dataset
 from funcopt_demo.results import RunResult
 
 OPTIMIZERS = ("transformers", "funcopt")
-
-
-def missing() -> list[str]:
-    """The packages the torch half needs that are not installed."""
-    return [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
 
 
 class MLP(nn.Module):
