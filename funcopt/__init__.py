@@ -19,4 +19,23 @@ from funcopt._create_optimizer import create_optimizer as create_optimizer
 from funcopt._names import name_mask as name_mask
 from funcopt._names import param_names as param_names
 
+# Schedules.
+from funcopt._schedules import get_constant_schedule as get_constant_schedule
+from funcopt._schedules import (
+    get_constant_schedule_with_warmup as get_constant_schedule_with_warmup,
+)
+from funcopt._schedules import get_cosine_schedule_with_warmup as get_cosine_schedule_with_warmup
+from funcopt._schedules import (
+    get_cosine_with_hard_restarts_schedule_with_warmup as get_cosine_with_hard_restarts_schedule_with_warmup,  # noqa: E501
+)
+from funcopt._schedules import (
+    get_cosine_with_min_lr_schedule_with_warmup as get_cosine_with_min_lr_schedule_with_warmup,
+)
+from funcopt._schedules import get_inverse_sqrt_schedule as get_inverse_sqrt_schedule
+from funcopt._schedules import get_linear_schedule_with_warmup as get_linear_schedule_with_warmup
+from funcopt._schedules import (
+    get_polynomial_decay_schedule_with_warmup as get_polynomial_decay_schedule_with_warmup,
+)
+from funcopt._schedules import get_wsd_schedule as get_wsd_schedule
+
 __version__ = "0.1.0"

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -62,15 +64,17 @@ def _count(name, value):
 
 
 def _finite(name, value):
-    value = _checks.number(name, value)
-    v = _checks.concrete(value)
-    if v is not None and not math.isfinite(v):
+    """A static (Python or concrete) finite number, as a Python float."""
+    v = _checks.concrete(_checks.number(name, value, allowed="a finite number"))
+    if v is None:
+        raise TypeError(f"{name} must be a concrete number (it is static), got a tracer.")
+    if not math.isfinite(v):
         raise ValueError(f"{name}={value!r} is invalid: it must be a finite number.")
-    return value if v is None else v
+    return v
 
 
 def _step(step):
-    """The step as an integer (or float) JAX array; differences stay exact integers."""
+    """The step as a JAX array, checked to be an integer (or a float)."""
     s = jnp.asarray(step)
     if s.dtype == jnp.bool_ or not (
         jnp.issubdtype(s.dtype, jnp.integer) or jnp.issubdtype(s.dtype, jnp.floating)
@@ -79,8 +83,37 @@ def _step(step):
     return s
 
 
+def _f32(x):
+    """A float32 argument of a kernel: a NumPy scalar for a number, a traced one otherwise."""
+    return np.float32(x) if isinstance(x, int | float) else jnp.asarray(x, f32)
+
+
+def _i32(x):
+    return np.int32(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Float32 arithmetic, inside the jitted kernels. Every configuration number is an argument of
+# the kernel, so one compilation serves every schedule of a kind (and eager calls are fast).
+
+
 def _f(x):
     return jnp.asarray(x).astype(f32)
+
+
+def _signed(s):
+    """Integer steps as a signed type of at least 32 bits: differences exact, no wrap-around."""
+    if jnp.issubdtype(s.dtype, jnp.integer):
+        return s.astype(jnp.int64 if s.dtype.itemsize == 8 else jnp.int32)
+    return s.astype(jnp.float64 if s.dtype.itemsize == 8 else f32)
+
+
+def _ratio(steps, count):
+    """``steps / count`` correctly rounded in float32: XLA turns a division by a broadcast
+    scalar into a multiplication by its rounded reciprocal, so the divisor is made an array
+    of the numerator's shape first."""
+    x = _f(steps)
+    return x / lax.optimization_barrier(x * 0 + _f(count))
 
 
 def _cospi(x):
@@ -94,101 +127,217 @@ def _cospi(x):
     )
 
 
-def _warmup(s, num_warmup_steps):
+def _half_turn(x):
+    """``(1 + cos(pi x)) / 2`` in float32, to a few ulps of its value (``cos(pi x / 2)**2``
+    where the sum would cancel)."""
+    c = _cospi(x)
+    h = _cospi(0.5 * x)
+    return jnp.where(c >= 0, 0.5 * (1 + c), h * h)
+
+
+def _mix(b, low, high, span):
+    """``low + span * b`` with ``span = high - low``, exact at ``b = 0`` and ``b = 1``."""
+    return jnp.where(b >= 0.5, high - span * (1 - b), low + span * b)
+
+
+def _two_sum(a, b):
+    """Knuth: ``a + b = total + error`` exactly."""
+    total = a + b
+    b_virtual = total - a
+    return total, (a - (total - b_virtual)) + (b - b_virtual)
+
+
+def _product_mod(n, k, period):
+    """``(n * k) mod period`` in ``[0, period)`` for integer steps ``n`` (``|n| < 2**24``) and
+    ``k = k[0] + k[1] + k[2]`` (see :func:`_split`), to float32 round-off of the result
+    however large ``n * k`` is.
+
+    With ``n`` cut in two 12-bit pieces, the four products with ``k[0]``, ``k[1]`` are exact in
+    float32; each is reduced exactly (``lax.rem``) and they are summed without loss (two-sums),
+    so the phase of a cosine stays exact after many periods (e.g. beyond ``T``).
+    """
+    n_lo = jnp.remainder(n, 4096)
+    n_hi, n_lo = _f(n - n_lo), _f(n_lo)
+    total, error = f32(0.0), f32(0.0)
+    for a, b in ((n_hi, k[0]), (n_lo, k[0]), (n_hi, k[1]), (n_lo, k[1])):
+        total, e = _two_sum(total, lax.rem(a * b, period))
+        total, error = lax.rem(total, period), error + e
+    result = jnp.remainder(total + (error + _f(n) * k[2]), period)
+    return jnp.where(result < period, result, f32(0.0))  # -1e-9 mod 1 rounds to 1
+
+
+def _split(k):
+    """``k`` as three float32s whose first two hold 12 significant bits (Python, static)."""
+    parts = []
+    for _ in range(2):
+        if k == 0.0:
+            parts.append(0.0)
+            continue
+        exponent = math.frexp(k)[1]
+        hi = math.ldexp(round(math.ldexp(k, 12 - exponent)), exponent - 12)
+        parts.append(hi)
+        k -= hi
+    return np.array([*parts, k], np.float32)
+
+
+def _warmup(s, w):
     """The warmup multiplier ``s / max(1, W)``."""
-    return _f(s) / f32(max(1, num_warmup_steps))
+    return _ratio(s, jnp.maximum(1, w))
 
 
-def _with_warmup(learning_rate, s, num_warmup_steps, factor):
-    """``lr * (s / max(1, W))`` during warmup, ``lr * factor`` afterwards."""
-    f = jnp.where(s < num_warmup_steps, _warmup(s, num_warmup_steps), factor)
-    return (f32(learning_rate) * f).astype(f32)
-
-
-def _half_cosine(s, start, length, num_cycles):
-    """``(1 + cos(2 pi c p)) / 2`` with ``p = (s - start) / max(1, length)``, unclamped."""
-    x = _f(s - start) * f32(2.0 * num_cycles) / f32(max(1, length))
-    return 0.5 * (1 + _cospi(x))
+def _with_warmup(lr, s, w, factor):
+    """``lr * s / max(1, W)`` during warmup, ``lr * factor`` afterwards."""
+    return lr * jnp.where(s < w, _warmup(s, w), factor)
 
 
 # --------------------------------------------------------------------------------------------
-# The multipliers, one module-level function each (so that the partials pickle).
+# The kernels (jitted) and the schedules' module-level functions (so that schedules pickle).
+
+
+@jax.jit
+def _constant_kernel(s, lr):
+    return jnp.broadcast_to(lr, s.shape)
 
 
 def _constant(step, *, learning_rate):
-    return jnp.broadcast_to(f32(learning_rate), jnp.shape(step)).astype(f32)
+    return _constant_kernel(_step(step), _f32(learning_rate))
+
+
+@jax.jit
+def _constant_with_warmup_kernel(s, lr, w):
+    s = _signed(s)
+    return _with_warmup(lr, s, w, f32(1.0))
 
 
 def _constant_with_warmup(step, *, learning_rate, num_warmup_steps):
-    s = _step(step)
-    return _with_warmup(learning_rate, s, num_warmup_steps, f32(1.0))
+    return _constant_with_warmup_kernel(_step(step), _f32(learning_rate), _i32(num_warmup_steps))
+
+
+@jax.jit
+def _linear_kernel(s, lr, w, t):
+    s = _signed(s)
+    decay = _ratio(t - s, jnp.maximum(1, t - w))
+    return _with_warmup(lr, s, w, jnp.maximum(0.0, decay))
 
 
 def _linear(step, *, learning_rate, num_warmup_steps, num_training_steps):
-    s = _step(step)
-    decay = _f(num_training_steps - s) / f32(max(1, num_training_steps - num_warmup_steps))
-    return _with_warmup(learning_rate, s, num_warmup_steps, jnp.maximum(0.0, decay))
+    return _linear_kernel(_step(step), _f32(learning_rate), _i32(num_warmup_steps),
+                          _i32(num_training_steps))
+
+
+@jax.jit
+def _cosine_kernel(s, lr, w, k, low, span):
+    s = _signed(s)
+    g = _half_turn(_product_mod(s - w, k, f32(2.0)))  # (1 + cos(2 pi c p)) / 2
+    return _with_warmup(lr, s, w, jnp.maximum(0.0, _mix(g, low, f32(1.0), span)))
 
 
 def _cosine(step, *, learning_rate, num_warmup_steps, num_training_steps, num_cycles,
             min_lr_rate=0.0):
-    s = _step(step)
-    g = _half_cosine(s, num_warmup_steps, num_training_steps - num_warmup_steps, num_cycles)
-    factor = g if min_lr_rate == 0.0 else g * f32(1.0 - min_lr_rate) + f32(min_lr_rate)
-    return _with_warmup(learning_rate, s, num_warmup_steps, jnp.maximum(0.0, factor))
+    k = _split(2.0 * num_cycles / max(1, num_training_steps - num_warmup_steps))
+    return _cosine_kernel(_step(step), _f32(learning_rate), _i32(num_warmup_steps), k,
+                          _f32(min_lr_rate), _f32(1.0 - min_lr_rate))
+
+
+@functools.partial(jax.jit, static_argnames="missed_restarts")
+def _hard_restarts_kernel(s, lr, w, length, k, num_cycles, missed_restarts):
+    s = _signed(s)
+    n = s - w
+    turns = _product_mod(n, k, f32(1.0))  # (c p) mod 1
+    factor = jnp.where(n >= length, 0.0, _half_turn(turns))
+    if missed_restarts:  # restart m happens at n = m L / c; transformers returns 0 there
+        m = n * num_cycles
+        missed = (m % length == 0) & jnp.isin(m // length, jnp.array(missed_restarts))
+        factor = jnp.where(missed, 0.0, factor)
+    return _with_warmup(lr, s, w, factor)
 
 
 def _hard_restarts(step, *, learning_rate, num_warmup_steps, num_training_steps, num_cycles):
-    s = _step(step)
     length = max(1, num_training_steps - num_warmup_steps)
-    turns = jnp.remainder(_f(s - num_warmup_steps) * f32(num_cycles) / f32(length), f32(1.0))
-    factor = jnp.where(s - num_warmup_steps >= length, 0.0, 0.5 * (1 + _cospi(turns)))
-    return _with_warmup(learning_rate, s, num_warmup_steps, jnp.maximum(0.0, factor))
+    missed = _missed_restarts(num_cycles)
+    return _hard_restarts_kernel(_step(step), _f32(learning_rate), _i32(num_warmup_steps),
+                                 _i32(length), _split(num_cycles / length),
+                                 _i32(num_cycles if missed else 0), missed_restarts=missed)
+
+
+def _missed_restarts(num_cycles):
+    """The restarts ``m`` that transformers' float64 arithmetic misses: there its
+    ``(c * (n / L)) % 1`` is ``1 - 2**-53`` instead of 0, so the lr is 0 instead of the peak.
+    It happens only for integer ``c >= 22`` (e.g. ``c = 22``, ``m = 15``)."""
+    if num_cycles != int(num_cycles) or num_cycles < 2:
+        return ()
+    return tuple(m for m in range(1, int(num_cycles))
+                 if (num_cycles * (m / num_cycles)) % 1.0 > 0.5)
+
+
+@jax.jit
+def _polynomial_kernel(s, lr, w, t, lr_end, span, power):
+    s = _signed(s)
+    remaining = jnp.maximum(_ratio(t - s, t - w), 0.0)  # < 0 only in branches not taken
+    # 0 ** power is 0 for any power > 0, also one that float32 flushes to 0.
+    scaled = jnp.where(remaining == 0, _f(power == 0), jnp.power(remaining, power))
+    lr_at = jnp.where(s > t, lr_end, _mix(scaled, lr_end, lr, span))
+    return jnp.where(s < w, lr * _warmup(s, w), lr_at)
 
 
 def _polynomial(step, *, learning_rate, num_warmup_steps, num_training_steps, lr_end, power):
-    s = _step(step)
-    remaining = _f(num_training_steps - s) / f32(num_training_steps - num_warmup_steps)
-    decay = f32(learning_rate - lr_end) * jnp.power(remaining, f32(power)) + f32(lr_end)
-    lr = jnp.where(s > num_training_steps, f32(lr_end), decay)
-    warm = f32(learning_rate) * _warmup(s, num_warmup_steps)
-    return jnp.where(s < num_warmup_steps, warm, lr).astype(f32)
+    return _polynomial_kernel(
+        _step(step), _f32(learning_rate), _i32(num_warmup_steps), _i32(num_training_steps),
+        _f32(lr_end), _f32(learning_rate - lr_end), _f32(power),
+    )
+
+
+@jax.jit
+def _inverse_sqrt_kernel(s, lr, w, timescale):
+    s = _signed(s)
+    if jnp.issubdtype(timescale.dtype, jnp.integer):
+        shifted = _f(s - w + timescale)
+    else:
+        shifted = _f(s - w) + timescale
+    decay = jnp.sqrt(_f(timescale) / jnp.maximum(shifted, _f(timescale)))  # s >= W
+    return _with_warmup(lr, s, w, decay)
 
 
 def _inverse_sqrt(step, *, learning_rate, num_warmup_steps, timescale):
-    s = _step(step)
-    if isinstance(timescale, int):
-        shifted = _f(s - num_warmup_steps + timescale)
-    else:
-        shifted = _f(s - num_warmup_steps) + f32(timescale)
-    decay = jnp.sqrt(f32(timescale) / shifted)
-    return _with_warmup(learning_rate, s, num_warmup_steps, decay)
+    timescale = _i32(timescale) if isinstance(timescale, int) else _f32(timescale)
+    return _inverse_sqrt_kernel(_step(step), _f32(learning_rate), _i32(num_warmup_steps),
+                                timescale)
+
+
+@functools.partial(jax.jit, static_argnames=("warmup_type", "decay_type"))
+def _wsd_kernel(s, lr, w, stable, d, k, ratio, span, warmup_type, decay_type):
+    s = _signed(s)
+    decay_start = w + stable
+    rest = _ratio(w - s, jnp.maximum(1, w))  # 1 - q, exact numerator
+    if warmup_type == "linear":
+        warm = _warmup(s, w)
+    elif warmup_type == "cosine":  # (1 - cos(pi q)) / 2 = (1 + cos(pi (1 - q))) / 2
+        warm = _half_turn(rest)
+    else:  # "1-sqrt" (the clamps only keep NaNs out of the branches not taken)
+        warm = 1 - jnp.sqrt(jnp.maximum(rest, 0.0))
+    if decay_type == "linear":
+        decay = _ratio(d - (s - decay_start), jnp.maximum(1, d))
+    elif decay_type == "cosine":
+        decay = _half_turn(_product_mod(s - decay_start, k, f32(2.0)))
+    else:  # "1-sqrt"
+        decay = 1 - jnp.sqrt(_ratio(jnp.maximum(s - decay_start, 0), jnp.maximum(1, d)))
+    floor = lambda base: jnp.maximum(0.0, _mix(base, ratio, f32(1.0), span))
+    f = jnp.where(
+        s < w, floor(warm),
+        jnp.where(s < decay_start, f32(1.0),
+                  jnp.where(s < decay_start + d, floor(decay), ratio)),
+    )
+    return lr * f
 
 
 def _wsd(step, *, learning_rate, num_warmup_steps, num_stable_steps, num_decay_steps,
          warmup_type, decay_type, min_lr_ratio, num_cycles):
-    s = _step(step)
-    w, d = num_warmup_steps, num_decay_steps
-    decay_start = w + num_stable_steps
-    if warmup_type == "linear":
-        warm = _warmup(s, w)
-    elif warmup_type == "cosine":
-        warm = 0.5 * (1 - _cospi(_warmup(s, w)))
-    else:  # "1-sqrt": 1 - sqrt(1 - q), with 1 - q = (W - s) / max(1, W)
-        warm = 1 - jnp.sqrt(_f(w - s) / f32(max(1, w)) if w >= 1 else 1 - _f(s))
-    if decay_type == "linear":
-        decay = _f(d - (s - decay_start)) / f32(max(1, d))
-    elif decay_type == "cosine":
-        decay = _half_cosine(s, decay_start, d, num_cycles)
-    else:  # "1-sqrt"
-        decay = 1 - jnp.sqrt(_f(s - decay_start) / f32(max(1, d)))
-    ratio = lambda base: jnp.maximum(0.0, base * f32(1.0 - min_lr_ratio) + f32(min_lr_ratio))
-    f = jnp.where(
-        s < w, ratio(warm),
-        jnp.where(s < decay_start, f32(1.0),
-                  jnp.where(s < decay_start + d, ratio(decay), f32(min_lr_ratio))),
+    return _wsd_kernel(
+        _step(step), _f32(learning_rate), _i32(num_warmup_steps), _i32(num_stable_steps),
+        _i32(num_decay_steps), _split(2.0 * num_cycles / max(1, num_decay_steps)),
+        _f32(min_lr_ratio), _f32(1.0 - min_lr_ratio), warmup_type=warmup_type,
+        decay_type=decay_type,
     )
-    return (f32(learning_rate) * f).astype(f32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,7 +452,9 @@ def get_cosine_with_hard_restarts_schedule_with_warmup(learning_rate, num_warmup
       learning_rate: the peak learning rate, >= 0.
       num_warmup_steps: :math:`W`, an integer >= 0.
       num_training_steps: :math:`T`, an integer >= 0.
-      num_cycles: :math:`c`, the number of cosine decays (usually an integer).
+      num_cycles: :math:`c`, the number of cosine decays (usually an integer). With an
+        integer :math:`c \ge 22`, transformers' float64 rounding skips a few restarts (the lr
+        is 0 at those steps instead of the peak, e.g. the 15th of 22); this is reproduced.
 
     Example:
       >>> import jax.numpy as jnp
@@ -312,11 +463,12 @@ def get_cosine_with_hard_restarts_schedule_with_warmup(learning_rate, num_warmup
       >>> schedule(jnp.array([2, 4, 6, 8, 10]))
       Array([10.,  5., 10.,  5.,  0.], dtype=float32)
     """
+    num_cycles = _finite("num_cycles", num_cycles)
     return functools.partial(
         _hard_restarts, learning_rate=_peak(learning_rate),
         num_warmup_steps=_count("num_warmup_steps", num_warmup_steps),
         num_training_steps=_count("num_training_steps", num_training_steps),
-        num_cycles=_finite("num_cycles", num_cycles),
+        num_cycles=num_cycles,
     )
 
 
@@ -341,17 +493,15 @@ def get_polynomial_decay_schedule_with_warmup(learning_rate, num_warmup_steps,
       >>> import jax.numpy as jnp
       >>> from funcopt import get_polynomial_decay_schedule_with_warmup
       >>> schedule = get_polynomial_decay_schedule_with_warmup(1.0, 2, 6, lr_end=0.0, power=2.0)
-      >>> schedule(jnp.arange(8))
-      Array([0.    , 0.5   , 1.    , 0.5625, 0.25  , 0.0625, 0.    , 0.    ], dtype=float32)
+      >>> schedule(jnp.arange(8)).tolist()
+      [0.0, 0.5, 1.0, 0.5625, 0.25, 0.0625, 0.0, 0.0]
     """
     learning_rate = _peak(learning_rate)
     num_warmup_steps = _count("num_warmup_steps", num_warmup_steps)
     num_training_steps = _count("num_training_steps", num_training_steps)
     lr_end = _finite("lr_end", lr_end)
     power = _finite("power", power)
-    if not isinstance(learning_rate, float | int) or not isinstance(lr_end, float | int):
-        pass  # traced: the comparison below cannot be made in Python
-    elif not learning_rate > lr_end:
+    if isinstance(learning_rate, float) and not learning_rate > lr_end:
         raise ValueError(f"lr_end ({lr_end}) must be smaller than initial lr ({learning_rate})")
     if lr_end < 0:
         raise ValueError(f"lr_end={lr_end!r} is invalid: it must be >= 0.")
@@ -396,11 +546,11 @@ def get_inverse_sqrt_schedule(learning_rate, num_warmup_steps, timescale=None):
     num_warmup_steps = _count("num_warmup_steps", num_warmup_steps)
     if timescale is None:
         timescale = num_warmup_steps or 10_000
+    if isinstance(timescale, numbers.Integral) and not isinstance(timescale, bool):
+        timescale = int(timescale)
+    else:
+        timescale = _finite("timescale", timescale)
     _checks.number("timescale", timescale, low=0.0, low_open=True)
-    if _checks.concrete(timescale) is None:
-        raise TypeError("timescale must be a Python number (it is static), got a tracer.")
-    if not isinstance(timescale, int):
-        timescale = float(timescale)
     return functools.partial(
         _inverse_sqrt, learning_rate=_peak(learning_rate), num_warmup_steps=num_warmup_steps,
         timescale=timescale,
@@ -437,6 +587,8 @@ def get_cosine_with_min_lr_schedule_with_warmup(learning_rate, num_warmup_steps,
         raise ValueError("Only one of min_lr or min_lr_rate should be set")
     elif min_lr is not None:
         min_lr = _finite("min_lr", min_lr)
+        if not isinstance(learning_rate, float):
+            raise TypeError("min_lr needs a concrete learning_rate; use min_lr_rate instead.")
         if learning_rate == 0:
             raise ValueError(
                 "min_lr needs learning_rate > 0 (it is divided by it); use min_lr_rate instead."
@@ -484,8 +636,8 @@ def get_wsd_schedule(learning_rate, num_warmup_steps, num_decay_steps, num_train
       >>> from funcopt import get_wsd_schedule
       >>> schedule = get_wsd_schedule(10.0, 2, num_decay_steps=2, num_training_steps=10,
       ...                             decay_type="linear")
-      >>> schedule(jnp.arange(12))
-      Array([ 0.,  5., 10., 10., 10., 10., 10., 10., 10.,  5.,  0.,  0.], dtype=float32)
+      >>> schedule(jnp.arange(12)).tolist()
+      [0.0, 5.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 5.0, 0.0, 0.0]
     """
     if num_training_steps is None and num_stable_steps is None:
         raise ValueError("Either num_training_steps or num_stable_steps must be specified.")
@@ -508,13 +660,13 @@ def get_wsd_schedule(learning_rate, num_warmup_steps, num_decay_steps, num_train
         num_training_steps = _count("num_training_steps", num_training_steps)
         num_stable_steps = num_training_steps - num_warmup_steps - num_decay_steps
     else:
+        _checks.integer("num_training_steps", num_training_steps, low=0, allow_none=True)
         num_stable_steps = _count("num_stable_steps", num_stable_steps)
-    min_lr_ratio = _checks.number("min_lr_ratio", min_lr_ratio, low=0.0, high=1.0)
-    if _checks.concrete(min_lr_ratio) is None:
-        raise TypeError("min_lr_ratio must be a Python number (it is static), got a tracer.")
+    min_lr_ratio = _finite("min_lr_ratio", min_lr_ratio)
+    _checks.number("min_lr_ratio", min_lr_ratio, low=0.0, high=1.0)
     return functools.partial(
         _wsd, learning_rate=_peak(learning_rate), num_warmup_steps=num_warmup_steps,
         num_stable_steps=num_stable_steps, num_decay_steps=num_decay_steps,
-        warmup_type=warmup_type, decay_type=decay_type, min_lr_ratio=float(min_lr_ratio),
+        warmup_type=warmup_type, decay_type=decay_type, min_lr_ratio=min_lr_ratio,
         num_cycles=_finite("num_cycles", num_cycles),
     )
