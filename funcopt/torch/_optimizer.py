@@ -179,7 +179,7 @@ class Optimizer(torch.optim.Optimizer):
             if step:
                 self.state[p].update(dict.fromkeys(state))
         try:
-            new_params, new_states = fn(lr, np.asarray(steps, np.int32), *inputs, states, scratch)
+            new_params, new_states = fn(lr, np.asarray(steps, np.int32), *inputs, scratch, states)
             jax.block_until_ready((new_params, new_states))
         except Exception:
             for p, step, state in zip(params, steps, states, strict=True):
@@ -288,7 +288,13 @@ class Optimizer(torch.optim.Optimizer):
                 if len(saved["params"]) != len(group["params"]):
                     break
                 merged = {**self.defaults, **saved}
-                config = self._checked_config(merged, f"saved param group {index}")
+                try:
+                    config = self._checked_config(merged, f"saved param group {index}")
+                except (TypeError, ValueError) as err:
+                    raise type(err)(
+                        f"{err} Was the state dict saved by another optimizer than "
+                        f"{type(self).__name__} ({self._layout.name})?"
+                    ) from None
                 for i, p in zip(saved["params"], group["params"], strict=True):
                     if i in saved_state:
                         self._check_saved(saved_state[i], p, config, i)

@@ -33,8 +33,8 @@ def static_key(config: dict) -> tuple:
         hash(key)
     except TypeError:
         raise TypeError(
-            f"param group hyperparameters must be hashable numbers, bools, tuples or None, got "
-            f"{dict(key)!r}."
+            "param group hyperparameters other than lr are compile-time constants and must be "
+            f"hashable (Python numbers, bools, tuples or None), got {dict(key)!r}."
         ) from None
     return key
 
@@ -63,11 +63,12 @@ def compiled_init(optimizer_fn, layout, static: tuple, lr_is_none: bool):
 
 @functools.lru_cache(maxsize=256)
 def compiled_update(optimizer_fn, layout, static: tuple, lr_is_none: bool):
-    """The jitted ``(lr, steps, params, grads, states, scratch) -> (new_params, new_states)``;
-    ``states`` holds one dict of arrays per parameter (``layout``'s keys), ``scratch`` one
-    array per parameter, both donated."""
+    """The jitted ``(lr, steps, params, grads, scratch, states) -> (new_params, new_states)``;
+    ``scratch`` holds one array per parameter, ``states`` one dict of arrays per parameter
+    (``layout``'s keys), both donated. (JAX pairs donated inputs with outputs of the same
+    shape in order, so this order gives each state array its own buffer back.)"""
 
-    def update(lr, steps, params, grads, states, scratch):
+    def update(lr, steps, params, grads, scratch, states):
         global _traces
         _traces += 1
         del scratch  # donated only, so that XLA reuses its memory for the new parameters
