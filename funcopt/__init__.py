@@ -37,5 +37,6 @@ from funcopt._schedules import (
     get_polynomial_decay_schedule_with_warmup as get_polynomial_decay_schedule_with_warmup,
 )
 from funcopt._schedules import get_wsd_schedule as get_wsd_schedule
+from funcopt._tf_schedules import warmup as warmup
 
 __version__ = "0.1.0"

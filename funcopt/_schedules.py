@@ -75,8 +75,11 @@ def _finite(name, value):
 
 def _step(step):
     """The step as a JAX array, checked to be an integer (or a float)."""
-    s = jnp.asarray(step)
-    if s.dtype == jnp.bool_ or not (
+    try:
+        s = jnp.asarray(step)
+    except TypeError:
+        s = None
+    if s is None or s.dtype == jnp.bool_ or not (
         jnp.issubdtype(s.dtype, jnp.integer) or jnp.issubdtype(s.dtype, jnp.floating)
     ):
         raise TypeError(f"step must be an integer (the number of updates made), got {step!r}.")
