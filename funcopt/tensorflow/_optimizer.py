@@ -83,6 +83,12 @@ class Optimizer(tf_keras.optimizers.Optimizer):
         """The funcopt transformation this optimizer applies."""
         return self._transformation
 
+    def __setattr__(self, name, value):
+        if name == "state":  # a pytree, not a Keras dependency: keep tracking from wrapping it
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     @property
     def learning_rate(self):
         raise AttributeError(_NO_LR)

@@ -46,7 +46,7 @@ def slot_names(optimizer) -> tuple[str, ...]:
 def _missing(optimizer, slot, why, var=None):
     where = "" if var is None else f" for variable {var.name!r}"
     return ValueError(
-        f"{type(optimizer).__name__} {optimizer.name!r} has no {slot!r} slot{where}: {why}. "
+        f"The {type(optimizer).__name__} has no {slot!r} slot{where}: {why}. "
         "state_from_keras reads an optimizer that has been applied to "
         "these variables; start a fresh run from the funcopt transformation's init(params), "
         "or write a state into the optimizer with state_to_keras (which creates the slots)."
@@ -88,8 +88,8 @@ def slots(optimizer, variables: list, create: bool) -> dict[str, list]:
             i = index.get(optimizer._var_key(var))
             if i is None:
                 raise ValueError(
-                    f"{type(optimizer).__name__} {optimizer.name!r} was built for other "
-                    f"variables than {var.name!r}: a built tf_keras optimizer cannot take new "
+                    f"The {type(optimizer).__name__} was built for other variables than "
+                    f"{var.name!r}: a built tf_keras optimizer cannot take new "
                     "variables; pass the variables it was built (or applied) with, or a fresh "
                     "optimizer."
                 )

@@ -106,12 +106,13 @@ def state_to_keras(state: AdamWeightDecayState, optimizer, variables) -> None:
     amsgrad = "vhat" in names
     if amsgrad and state.vhat is None:
         raise ValueError(
-            f"{optimizer.name!r} uses amsgrad but the state has no vhat: build the funcopt "
-            "optimizer with amsgrad=True, or the Keras optimizer without amsgrad."
+            f"The {type(optimizer).__name__} uses amsgrad but the state has no vhat: build the "
+            "funcopt optimizer with amsgrad=True, or the Keras optimizer without amsgrad."
         )
     if not amsgrad and state.vhat is not None:
         raise ValueError(
-            f"The state has a vhat (amsgrad) but {optimizer.name!r} does not use amsgrad: "
+            f"The state has a vhat (amsgrad) but the {type(optimizer).__name__} does not use "
+            "amsgrad: "
             "build the Keras optimizer with amsgrad=True, or the funcopt one without."
         )
     fields = {"m": check_match(variables, state.m, "state.m"),
