@@ -21,7 +21,8 @@ NEEDS = {
 
 def test_there_are_notebooks():
     names = {p.name for p in PATHS}
-    assert {"01_quickstart.ipynb", "02_schedules.ipynb"} <= names, names
+    assert {"01_quickstart.ipynb", "02_schedules.ipynb", "03_torch_bridge.ipynb",
+            "04_tensorflow_bridge.ipynb"} <= names, names
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
