@@ -53,10 +53,8 @@ def test_jax_matches_transformers_adamw(tmp_path, schedule, capsys):
 
 
 def test_funcopt_torch_adamw_as_the_torch_half(tmp_path):
+    reference("torch")
     reference("transformers")
-    torch_bridge = pytest.importorskip("funcopt.torch")
-    if not hasattr(torch_bridge, "AdamW"):
-        pytest.skip("funcopt.torch.AdamW is not available")
     config = Config(steps=20, batch_size=32, hidden=32)
     summary = cli.run(config, output=str(tmp_path / "d.png"), progress=False,
                       torch_optimizer="funcopt")
