@@ -177,7 +177,7 @@ def state_from_torch(optimizer, params):
                     f"{type(optimizer).__name__} keeps one for a parameter of shape "
                     f"{tuple(p.shape)} with these hyperparameters."
                 )
-            leaf[key] = _dlpack.to_jax_owned(value, jnp.float32 if key == "RMS" else dtype)
+            leaf[key] = _dlpack.to_jax_value(value, jnp.float32 if key == "RMS" else dtype)
         steps.append(jnp.asarray(step, jnp.int32))
         leaves.append(leaf)
         if side.layout is _layouts.ADAFACTOR:
@@ -225,7 +225,7 @@ def _optax_adamw_state(optimizer, treedef, entries):
         dtype = _dlpack.jax_dtype(p.dtype)
         for out, key in ((mu, "exp_avg"), (nu, "exp_avg_sq")):
             value = state[key] if state else jnp.zeros(tuple(p.shape), dtype)
-            out.append(_dlpack.to_jax_owned(value, dtype))
+            out.append(_dlpack.to_jax_value(value, dtype))
     unflatten = jax.tree_util.tree_unflatten
     adam = optax.ScaleByAdamState(
         count=jnp.asarray(count, jnp.int32), mu=unflatten(treedef, mu), nu=unflatten(treedef, nu)

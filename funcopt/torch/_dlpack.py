@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import torch
 
 _ALIGNMENT = 64
@@ -70,18 +71,28 @@ def to_jax(t: torch.Tensor) -> jax.Array:
     return jax.dlpack.from_dlpack(_exportable(t))
 
 
-def to_jax_owned(t, dtype=None) -> jax.Array:
-    """A JAX-owned copy of ``t`` (a tensor, a JAX array or a Python number), cast to
-    ``dtype``: safe to donate, and immune to later in-place torch writes to ``t``."""
-    if isinstance(t, torch.Tensor):
-        x = to_jax(t)
-    else:
-        x = jnp.asarray(t)
+def to_jax_owned(value, dtype=None) -> jax.Array:
+    """A JAX-owned copy of ``value`` (a tensor, a JAX array or a Python number), cast to
+    ``dtype``: safe to donate, immune to later in-place torch writes to ``value``, and
+    committed to its device like the arrays DLPack gives (so that jitted updates see one
+    kind of input and compile once)."""
+    if isinstance(value, jax.Array):
+        value = torch.from_dlpack(value)
+    elif not isinstance(value, torch.Tensor):
+        value = torch.tensor(value)
+    x = to_jax(value)
     if dtype is not None and x.dtype != dtype:
         x = x.astype(dtype)
     else:
         x = jnp.array(x, copy=True)
     return x.block_until_ready()  # done reading torch memory before torch may write it
+
+
+def to_jax_value(value, dtype) -> jax.Array:
+    """A JAX-owned copy of a tensor, in ``dtype``, placed like ``jnp.zeros`` results
+    (uncommitted): what a JAX training loop expects of an optimizer state."""
+    host = np.asarray(to_jax(value)) if isinstance(value, torch.Tensor) else np.asarray(value)
+    return jnp.array(host, dtype=dtype)
 
 
 def to_torch(a: jax.Array) -> torch.Tensor:
