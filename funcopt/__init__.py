@@ -22,6 +22,8 @@ from funcopt._names import param_names as param_names
 # Schedules.
 from funcopt._plateau import ReduceOnPlateauState as ReduceOnPlateauState
 from funcopt._plateau import reduce_on_plateau as reduce_on_plateau
+from funcopt._scheduler import SchedulerType as SchedulerType
+from funcopt._scheduler import get_scheduler as get_scheduler
 from funcopt._schedules import get_constant_schedule as get_constant_schedule
 from funcopt._schedules import (
     get_constant_schedule_with_warmup as get_constant_schedule_with_warmup,
