@@ -5,6 +5,13 @@ Every optimizer is an ``optax.GradientTransformation``; every schedule a jit-abl
 imported explicitly, so ``import funcopt`` needs neither torch nor TensorFlow.
 """
 
+# Gradient accumulation.
+from funcopt._accumulation import GradientAccumulatorState as GradientAccumulatorState
+from funcopt._accumulation import accumulate as accumulate
+from funcopt._accumulation import accumulator_init as accumulator_init
+from funcopt._accumulation import accumulator_reset as accumulator_reset
+from funcopt._accumulation import gradient_accumulation as gradient_accumulation
+
 # Parameter names and masks.
 from funcopt._adafactor import AdafactorState as AdafactorState
 from funcopt._adafactor import adafactor as adafactor
