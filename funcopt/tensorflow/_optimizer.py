@@ -97,6 +97,7 @@ class Optimizer(tf_keras.optimizers.Optimizer):
     def learning_rate(self, value):
         raise AttributeError(_NO_LR)
 
+    @tf.autograph.experimental.do_not_convert
     def build(self, var_list):
         """Creates the state for ``var_list`` with ``transformation.init`` (once)."""
         if getattr(self, "_built", False):
@@ -169,6 +170,9 @@ class Optimizer(tf_keras.optimizers.Optimizer):
             grads[i] = tf.convert_to_tensor(grad)
         return grads
 
+    # No autograph: nothing here branches on tensors, and converting the JAX code that
+    # build() reaches would take a minute.
+    @tf.autograph.experimental.do_not_convert
     def apply_gradients(self, grads_and_vars, name=None, **kwargs):
         """Applies one step of the transformation; returns ``iterations``."""
         pairs = list(grads_and_vars)

@@ -56,6 +56,7 @@ class Schedule(tf_keras.optimizers.schedules.LearningRateSchedule):
         self.name = name
         self._lr = _lowered(schedule)
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, step):
         with tf.name_scope(self.name or "funcopt_schedule"), tf.device("/CPU:0"):
             return self._lr(tf.cast(step, tf.int32))
