@@ -44,7 +44,7 @@ class _Side:
 
     def write(self, p, group, step, arrays):
         if isinstance(self.optimizer, Optimizer):
-            self.optimizer._set_param_state(p, step, arrays)
+            self.optimizer._set_param_state(p, step, arrays, group)
             return
         self.optimizer.state.pop(p, None)
         if step:
