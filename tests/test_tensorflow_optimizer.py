@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -128,15 +129,9 @@ def test_any_transformation_and_state(ref):
     np.testing.assert_allclose(w.numpy(), [1.0 - 0.05 - 0.095, -2.0 - 0.05 - 0.095], rtol=1e-6)
     trace = opt.state[1][0].trace
     np.testing.assert_allclose(trace["w:0"], [0.95, 0.95], rtol=1e-6)
-    assert len(opt.variables) == 1 + len(opt.state[1][0])  # iterations + state leaves
-    opt.state = jax_tree_zeros(opt.state)
+    assert len(opt.variables) == 1 + len(jax.tree.leaves(opt.state))  # iterations + state
+    opt.state = jax.tree.map(jnp.zeros_like, opt.state)
     np.testing.assert_array_equal(opt.state[1][0].trace["w:0"], [0.0, 0.0])
-
-
-def jax_tree_zeros(tree):
-    import jax
-
-    return jax.tree.map(jnp.zeros_like, tree)
 
 
 def test_checkpoint_round_trip(ref, tmp_path):
@@ -151,6 +146,31 @@ def test_checkpoint_round_trip(ref, tmp_path):
     tf.train.Checkpoint(w=w, opt=opt).restore(path)
     assert int(opt.iterations) == 1
     np.testing.assert_array_equal(opt.state.m["w:0"], saved_m)
+
+
+def test_save_weights_resume(ref, tmp_path):
+    """model.save_weights / load_weights into a fresh model and Optimizer resumes exactly
+    (the state variables are restored when the new optimizer creates them)."""
+    _, tf_keras, _, ftf = ref
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 5)).astype(np.float32)
+    y = x.sum(1, keepdims=True)
+
+    def compiled():
+        m = model(tf_keras)
+        m.compile(ftf.Optimizer(funcopt.adam_weight_decay(0.05, weight_decay_rate=0.1)), "mse")
+        return m
+
+    first = compiled()
+    first.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    first.save_weights(str(tmp_path / "weights"))
+    second = compiled()
+    second.load_weights(str(tmp_path / "weights"))
+    for m in (first, second):
+        m.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert int(second.optimizer.iterations) == int(first.optimizer.iterations) == 4
+    for a, b in zip(second.get_weights(), first.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_errors(ref):
