@@ -47,14 +47,12 @@ def accumulator_init(gradients) -> GradientAccumulatorState:
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from funcopt import accumulate, accumulator_init, accumulator_reset
+      >>> from funcopt import accumulate, accumulator_init
       >>> state = accumulator_init([jnp.zeros(2), None])
       >>> for g in ([1.0, 2.0], [-2.0, 1.0], [-1.0, 2.0]):
       ...     state = accumulate(state, [jnp.array(g), None])
       >>> state.gradients[0], state.gradients[1], int(state.step)
       (Array([-2.,  5.], dtype=float32), None, 3)
-      >>> int(accumulator_reset(state).step)
-      0
     """
     zeros = jax.tree.map(jnp.zeros_like, gradients)
     return GradientAccumulatorState(gradients=zeros, step=jnp.zeros([], jnp.int32))
@@ -70,6 +68,17 @@ def accumulate(state: GradientAccumulatorState, gradients) -> GradientAccumulato
       ValueError: "Expected N gradients, but got M" (TF's message) for a list of the wrong
         length, checked before anything is accumulated; and, where TF would fail inside its
         ``assign_add``, for a gradient of another shape or a pytree of another structure.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from funcopt import accumulate, accumulator_init
+      >>> state = accumulate(accumulator_init({"w": jnp.zeros(2)}), {"w": jnp.ones(2)})
+      >>> state = accumulate(state, {"w": jnp.array([0.5, -1.0])})
+      >>> state.gradients["w"], int(state.step)
+      (Array([1.5, 0. ], dtype=float32), 2)
+      >>> accumulate(accumulator_init([jnp.zeros(2)]), [jnp.ones(2), jnp.ones(2)])
+      Traceback (most recent call last):
+      ValueError: Expected 1 gradients, but got 2
     """
     sums = state.gradients
     if isinstance(sums, list | tuple) and isinstance(gradients, list | tuple):
@@ -102,7 +111,16 @@ def accumulate(state: GradientAccumulatorState, gradients) -> GradientAccumulato
 
 
 def accumulator_reset(state: GradientAccumulatorState) -> GradientAccumulatorState:
-    """Zero sums and step 0 (TF ``GradientAccumulator.reset``); ``None`` slots stay ``None``."""
+    """Zero sums and step 0 (TF ``GradientAccumulator.reset``); ``None`` slots stay ``None``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from funcopt import accumulate, accumulator_init, accumulator_reset
+      >>> state = accumulate(accumulator_init([jnp.zeros(2), None]), [jnp.ones(2), None])
+      >>> state = accumulator_reset(state)
+      >>> state.gradients, int(state.step)
+      ([Array([0., 0.], dtype=float32), None], 0)
+    """
     return accumulator_init(state.gradients)
 
 

@@ -274,11 +274,11 @@ def _missed_restarts(num_cycles):
 
 
 @jax.jit
-def _polynomial_kernel(s, lr, w, t, lr_end, span, power):
+def _polynomial_kernel(s, lr, w, t, lr_end, span, power, zero_power):
     s = _signed(s)
     remaining = jnp.maximum(_ratio(t - s, t - w), 0.0)  # < 0 only in branches not taken
-    # 0 ** power is 0 for any power > 0, also one that float32 flushes to 0.
-    scaled = jnp.where(remaining == 0, _f(power == 0), jnp.power(remaining, power))
+    # 0 ** power is 0 for a power > 0, also one that float32 flushes to 0 (and 1 for 0).
+    scaled = jnp.where(remaining == 0, _f(zero_power), jnp.power(remaining, power))
     lr_at = jnp.where(s > t, lr_end, _mix(scaled, lr_end, lr, span))
     return jnp.where(s < w, lr * _warmup(s, w), lr_at)
 
@@ -286,7 +286,7 @@ def _polynomial_kernel(s, lr, w, t, lr_end, span, power):
 def _polynomial(step, *, learning_rate, num_warmup_steps, num_training_steps, lr_end, power):
     return _polynomial_kernel(
         _step(step), _f32(learning_rate), _i32(num_warmup_steps), _i32(num_training_steps),
-        _f32(lr_end), _f32(learning_rate - lr_end), _f32(power),
+        _f32(lr_end), _f32(learning_rate - lr_end), _f32(power), np.bool_(power == 0),
     )
 
 

@@ -86,7 +86,7 @@ def test_against_torch(mode, threshold_mode, cooldown, min_lr, eps):
     np.testing.assert_array_equal(states.last_epoch, last_epoch)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
     metrics=st.lists(st.integers(0, 6), min_size=1, max_size=40),
     mode=st.sampled_from(["min", "max"]),
@@ -124,9 +124,9 @@ def test_differs_from_optax_contrib_by_one_evaluation():
     metrics = [1.0] * 6
     ours = run_funcopt(np.float32(metrics), 1.0, factor=0.5, patience=2, threshold=0.0)
     contrib = optax.contrib.reduce_on_plateau(factor=0.5, patience=2, rtol=0.0, atol=1e-9)
-    state, optax_scales = contrib.init(PARAMS), []
+    state, optax_scales, update = contrib.init(PARAMS), [], jax.jit(contrib.update)
     for metric in metrics:
-        _, state = contrib.update(GRADS, state, value=metric)
+        _, state = update(GRADS, state, value=metric)
         optax_scales.append(float(state.scale))
     np.testing.assert_array_equal(ours.scale, [1, 1, 1, 0.5, 0.5, 0.5])
     assert optax_scales == [1, 1, 0.5, 0.5, 0.25, 0.25]

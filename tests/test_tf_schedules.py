@@ -86,12 +86,14 @@ def test_live_against_transformers_warmup_and_keras_polynomial_decay():
     tf, hf = tf_reference()
     rng = np.random.default_rng(0)
     worst = 0
-    for _ in range(12):
+    for case in range(6):
         init = float(10 ** rng.uniform(-6, 1))
         n, w = int(rng.integers(1, 60)), int(rng.integers(0, 30))
         n += w  # decay_steps = n - w >= 1
         ratio, power = float(rng.uniform(0, 1)), float(rng.choice([1.0, 2.0, rng.uniform(0, 3)]))
         warm_power = float(rng.choice([1.0, rng.uniform(0.5, 3)]))
+        if case < 2:  # create_optimizer's own case: linear warmup, then power 1 or 2
+            power, warm_power = float(case + 1), 1.0
         poly = hf.schedules.PolynomialDecay(initial_learning_rate=init, decay_steps=n - w,
                                             end_learning_rate=init * ratio, power=power)
         ours_poly = polynomial_decay(init, n - w, init * ratio, power)
