@@ -6,6 +6,7 @@ Every resumed run ends where the uninterrupted reference run ends, to float32 ro
 """
 
 import contextlib
+import functools
 import io
 
 import jax
@@ -201,11 +202,15 @@ def lr_factor(step):
     return jnp.minimum((step + 1) / 3, 1.0) * (1.0 - step / 20)
 
 
+def jax_adamw(lr):
+    return funcopt.adamw(lr, weight_decay=0.1)
+
+
 CONTINUATIONS = {  # torch optimizer factory, JAX transformation factory, base lr
-    "transformers.AdamW": (lambda ps, lr: hf_adamw(ps, lr=lr, weight_decay=0.1),
-                           lambda lr: funcopt.adamw(lr, weight_decay=0.1), 1e-2),
+    "transformers.AdamW": (lambda ps, lr: hf_adamw(ps, lr=lr, weight_decay=0.1), jax_adamw,
+                           1e-2),
     "funcopt.torch.AdamW": (lambda ps, lr: funcopt.torch.AdamW(ps, lr=lr, weight_decay=0.1),
-                            lambda lr: funcopt.adamw(lr, weight_decay=0.1), 1e-2),
+                            jax_adamw, 1e-2),
     "transformers.Adafactor": (
         lambda ps, lr: transformers.Adafactor(ps, lr=lr, relative_step=False, beta1=0.9),
         lambda lr: funcopt.adafactor(lr, relative_step=False, beta1=0.9), 1e-2),
@@ -214,6 +219,13 @@ CONTINUATIONS = {  # torch optimizer factory, JAX transformation factory, base l
     "torch.optim.AdamW": (lambda ps, lr: torch.optim.AdamW(ps, lr=lr, weight_decay=0.1),
                           lambda lr: optax.adamw(lr, eps=1e-8, weight_decay=0.1), 1e-2),
 }
+
+
+@functools.cache
+def jitted_update(make_tx, base_lr):
+    """One compiled update per transformation (shared by the tests that use it)."""
+    schedule = None if base_lr is None else (lambda count: base_lr * lr_factor(count))
+    return jax.jit(make_tx(schedule).update)
 
 
 def torch_steps(model, opt, base_lr, steps, done):
@@ -239,11 +251,9 @@ def test_continue_in_jax_and_back(name):
     torch_steps(model, opt, base_lr, HALF, 0)
     params = jax_params(model)
     state = funcopt.torch.state_from_torch(opt, params)
-    schedule = None if base_lr is None else (lambda count: base_lr * lr_factor(count))
-    tx = make_tx(schedule)
     if name == "torch.optim.AdamW":  # optax counts schedule steps on its own
         state = state[:2] + (optax.ScaleByScheduleState(state[0].count),)
-    update = jax.jit(tx.update)
+    update = jitted_update(make_tx, base_lr)
     for _ in range(HALF):
         updates, state = update(torch_grads(params), state, params)
         params = optax.apply_updates(params, updates)
@@ -280,7 +290,7 @@ def test_converted_state_has_the_init_structure(dtype):
 
 def test_skipped_parameters_convert_per_leaf():
     model = make_model()
-    opt = funcopt.torch.AdamW(model.parameters(), lr=1e-2)
+    opt = funcopt.torch.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     train(model, opt, 2)
     model[0].bias.grad = None
     opt.step()
