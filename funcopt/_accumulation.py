@@ -29,6 +29,13 @@ class GradientAccumulatorState(NamedTuple):
         ``None`` for good.
       step: int32 scalar, the number of :func:`accumulate` calls since the last reset (TF's
         ``step``, int64 there).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from funcopt import accumulator_init
+      >>> state = accumulator_init([jnp.zeros(2), None])
+      >>> state.gradients, state.step
+      ([Array([0., 0.], dtype=float32), None], Array(0, dtype=int32))
     """
 
     gradients: Any

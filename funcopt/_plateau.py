@@ -31,6 +31,15 @@ class ReduceOnPlateauState(NamedTuple):
       num_bad_epochs: int32, evaluations without improvement since the last one (or reduction).
       cooldown_counter: int32, evaluations left in the cooldown after a reduction.
       last_epoch: int32, the number of evaluations (``update`` calls) so far.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from funcopt import reduce_on_plateau
+      >>> tx = reduce_on_plateau(patience=0)
+      >>> _, state = tx.update({}, tx.init({}), value=2.0)
+      >>> _, state = tx.update({}, state, value=3.0)
+      >>> float(state.scale), float(state.best), int(state.num_reductions)
+      (0.10000000149011612, 2.0, 1)
     """
 
     scale: jax.Array
