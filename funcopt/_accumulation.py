@@ -144,7 +144,9 @@ def gradient_accumulation(optimizer: optax.GradientTransformation, steps: int,
 
     This is ``optax.MultiSteps(optimizer, steps, use_grad_mean)`` (whose semantics are exactly
     these), with its state ``optax.MultiStepsState``: an optimizer step happened on a call
-    after which ``state.mini_step == 0``. Extra arguments (e.g. ``value`` for
+    after which ``state.mini_step == 0``. Like ``MultiSteps``, it computes the inner update on
+    every call and keeps it on the last (less memory than a branch, ``steps`` times the
+    optimizer's arithmetic). Extra arguments (e.g. ``value`` for
     :func:`reduce_on_plateau`) are passed on to ``optimizer``.
 
     With ``use_grad_mean=False`` the gradients are summed instead: what the Trainer (4.46+)

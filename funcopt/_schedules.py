@@ -8,9 +8,11 @@ update, like ``LambdaLR`` before its first ``step()``) that returns the float32 
 
 Transformers evaluates ``f`` in float64 and the optimizer rounds ``lr`` to float32 inside its
 kernel; here everything runs in float32, arranged so that step differences are exact integer
-arithmetic and cosines are exact at multiples of a quarter turn: the results agree with the
-reference to a few float32 ulps of the peak learning rate, and exactly where the reference
-value is a "round" number (0, the peak, the end of warmup, a restart).
+arithmetic, divisions are correctly rounded and a cosine's phase is reduced exactly (for steps
+below 2**24): the results agree with the reference to about 2e-7 of the peak learning rate,
+and exactly at the boundaries (0 and the peak during warmup, the peak at its end, restarts,
+0 or ``lr_end`` at the end). Inside an outer ``jit`` XLA may fuse a multiply and an add, which
+moves a value by at most an ulp.
 
 With ``W = num_warmup_steps``, every warmup below is linear: :math:`f(s) = s / \max(1, W)` for
 :math:`s < W`. A bad argument raises at construction, naming the argument and what is allowed.
@@ -60,7 +62,10 @@ def _peak(learning_rate):
 
 
 def _count(name, value):
-    return _checks.integer(name, value, low=0)
+    value = _checks.integer(name, value, low=0)
+    if value >= 2**31:
+        raise ValueError(f"{name}={value} is invalid: it must be < 2**31 (steps are int32).")
+    return value
 
 
 def _finite(name, value):

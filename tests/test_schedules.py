@@ -416,6 +416,7 @@ def test_traced_peak_learning_rate():
     (lambda: get_constant_schedule("1e-3"), TypeError, r"learning_rate"),
     (lambda: get_constant_schedule_with_warmup(1.0, -1), ValueError, r"num_warmup_steps=-1"),
     (lambda: get_constant_schedule_with_warmup(1.0, 2.5), TypeError, r"num_warmup_steps"),
+    (lambda: get_constant_schedule_with_warmup(1.0, 2**31), ValueError, r"must be < 2\*\*31"),
     (lambda: get_linear_schedule_with_warmup(1.0, 2, None), TypeError, r"num_training_steps"),
     (lambda: get_linear_schedule_with_warmup(1.0, 2, -5), ValueError, r"num_training_steps=-5"),
     (lambda: get_cosine_schedule_with_warmup(1.0, 2, 10, float("nan")), ValueError,
