@@ -121,10 +121,10 @@ def reduce_on_plateau(
     """
     _checks.choice("mode", mode, ("min", "max"))
     _checks.choice("threshold_mode", threshold_mode, ("rel", "abs"))
-    _static_number("factor", factor, low=0.0, high=1.0, high_open=True,
-                   allowed="in [0.0, 1.0) (torch: 'Factor should be < 1.0.')")
-    _checks.integer("patience", patience, low=0)
-    _checks.integer("cooldown", cooldown, low=0)
+    factor = _static_number("factor", factor, low=0.0, high=1.0, high_open=True,
+                            allowed="in [0.0, 1.0) (torch: 'Factor should be < 1.0.')")
+    patience = _checks.integer("patience", patience, low=0)
+    cooldown = _checks.integer("cooldown", cooldown, low=0)
     threshold = _static_number("threshold", threshold, low=0.0)
     min_lr = _static_number("min_lr", min_lr, low=0.0)
     eps = _static_number("eps", eps, low=0.0)
