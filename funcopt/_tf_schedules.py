@@ -140,8 +140,9 @@ def polynomial_decay(initial_learning_rate, decay_steps, end_learning_rate=0.000
     Used by :func:`funcopt.create_optimizer` (private: the public API is ``warmup``).
 
     Raises:
-      ValueError: for ``decay_steps <= 0``: Keras would return NaN (0 / 0) at every step
-        (``create_optimizer`` with ``num_train_steps == num_warmup_steps``).
+      ValueError: for ``decay_steps <= 0``, where Keras returns NaN (0 / 0) at every step
+        (``create_optimizer`` with ``num_train_steps == num_warmup_steps``) or, below 0,
+        ``end_learning_rate`` from the start (``num_train_steps < num_warmup_steps``).
 
     Example:
       >>> from funcopt._tf_schedules import polynomial_decay
@@ -150,7 +151,8 @@ def polynomial_decay(initial_learning_rate, decay_steps, end_learning_rate=0.000
       [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
     """
     decay_steps = _number("decay_steps", decay_steps, low=0.0, low_open=True,
-                          allowed="> 0 (Keras' PolynomialDecay gives NaN for 0)")
+                          allowed="> 0 (Keras' PolynomialDecay gives NaN for 0 and only "
+                                  "end_learning_rate below)")
     return functools.partial(
         _polynomial_decay,
         initial_learning_rate=_number("initial_learning_rate", initial_learning_rate,
