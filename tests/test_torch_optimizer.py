@@ -134,8 +134,8 @@ def test_bfloat16_parameters(case):
     ref_model, ref_opt = trained(reference_cls, kw, second, None, torch.bfloat16)
     model, opt = trained(dropin, kw, second, None, torch.bfloat16)
     # A float32 round-off difference now and then flips a bf16 rounding (AdamW's bf16
-    # moments round after every op): the weights agree to a bf16 ulp or two.
-    assert rel_diff(weights(ref_model), weights(model)) <= 2 * BF16_ULP
+    # moments round after every op): the weights agree to a bf16 ulp (measured 0.4 ulp).
+    assert rel_diff(weights(ref_model), weights(model)) <= BF16_ULP
     state_dtype = torch.bfloat16 if case == "adamw" else torch.float32
     for p_ref, p in zip(ref_model.parameters(), model.parameters(), strict=True):
         for key, value in opt.state[p].items():
@@ -154,8 +154,10 @@ def test_generic_optimizer_is_the_dropin():
     train(model_b, b, 3)
     assert torch.equal(weights(model_a), weights(model_b))
     assert b.param_groups[1]["correct_bias"] is True and b.param_groups[1]["lr"] == 3e-3
-    c = funcopt.torch.Optimizer(make_model().parameters(), funcopt.adafactor)
+    c = funcopt.torch.Optimizer(make_model().parameters(), funcopt.adafactor, eps=[1e-30, 1e-3])
     assert c.param_groups[0]["lr"] is None and c.param_groups[0]["relative_step"] is True
+    assert c.param_groups[0].keys() == transformers.Adafactor(
+        make_model().parameters()).param_groups[0].keys()
 
 
 def test_parameters_without_gradient_are_skipped():
@@ -341,4 +343,13 @@ def test_foreign_state_is_refused_clearly():
     w.grad = torch.zeros_like(w)
     with raises(ValueError, "has shape (2,)"):
         opt.step()
+    opt.state[w] = {"exp_avg": torch.zeros_like(w), "exp_avg_sq": torch.zeros_like(w)}
+    with raises(ValueError, "no 'step'", "optimizer.state.pop"):
+        opt.step()
+    opt.state[w] = {"step": 1, "exp_avg": torch.zeros_like(w)}
+    with raises(ValueError, "no 'exp_avg_sq'", "optimizer.state.pop"):
+        opt.step()
+    opt.state.pop(w)
+    opt.step()
+    assert opt.state[w]["step"] == 1
     assert np.isfinite(w.detach().numpy()).all()

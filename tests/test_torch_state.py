@@ -356,15 +356,23 @@ def test_conversion_errors():
         funcopt.torch.state_to_torch(optax.adamw(1e-3).init(params[:1] + [jnp.zeros(8)] +
                                                             params[2:]),
                                      torch.optim.AdamW(model.parameters()))
+    with raises(TypeError, "arrays (with a shape and dtype)", "1.0"):
+        funcopt.torch.state_from_torch(opt, [1.0] + params[1:])
     assert not opt.state  # nothing was written by the failed calls
+    hf = hf_adamw(model.parameters())
+    train(model, hf, 1)
+    del hf.state[model[0].weight]["exp_avg_sq"]
+    with raises(ValueError, "param group 0, parameter 0 has no 'exp_avg_sq'"):
+        funcopt.torch.state_from_torch(hf, params)
 
 
 def test_torch_adamw_states_optax_cannot_hold():
     model = make_model()
     params = jax_params(model)
-    amsgrad = torch.optim.AdamW(model.parameters(), amsgrad=True)
-    with raises(ValueError, "amsgrad=True", "optax.adamw"):
-        funcopt.torch.state_from_torch(amsgrad, params)
+    for flag in ("amsgrad", "maximize"):
+        with raises(ValueError, f"{flag}=True", "optax.adamw"):
+            funcopt.torch.state_from_torch(torch.optim.AdamW(model.parameters(), **{flag: True}),
+                                           params)
     opt = torch.optim.AdamW(model.parameters())
     train(model, opt, 1)
     model[0].bias.grad = None

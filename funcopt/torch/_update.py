@@ -28,7 +28,7 @@ def trace_count() -> int:
 
 def static_key(config: dict) -> tuple:
     """The hashable form of a group's static hyperparameters (all but the learning rate)."""
-    key = tuple(sorted(config.items()))
+    key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
     try:
         hash(key)
     except TypeError:
