@@ -10,7 +10,15 @@ import jax.numpy as jnp
 import optax
 
 from funcopt import _checks
-from funcopt._numerics import NO_PARAMS, f32, is_static, learning_rate_at, tree_leaves_like
+from funcopt._numerics import (
+    NO_PARAMS,
+    divide,
+    f32,
+    is_static,
+    learning_rate_at,
+    tree_leaves_like,
+    unfused,
+)
 
 __all__ = ["AdafactorState", "adafactor", "adafactor_learning_rates"]
 
@@ -197,17 +205,17 @@ def adafactor(
         beta2t = 1 - decay
         # Sums put the product torch fuses (x.add_(y, alpha=a) is fma(a, y, x)) on the left,
         # where XLA contracts it into the same fused multiply-add.
-        u = g * g + c(eps1)
+        u = unfused(g * g) + c(eps1)
         if row is not None:
             row = decay * jnp.mean(u, axis=-1) + row * beta2t
             col = decay * jnp.mean(u, axis=-2) + col * beta2t
-            r_factor = jax.lax.rsqrt(row / jnp.mean(row, axis=-1, keepdims=True))[..., None]
+            r_factor = jax.lax.rsqrt(divide(row, jnp.mean(row, axis=-1, keepdims=True)))[..., None]
             c_factor = jax.lax.rsqrt(col)[..., None, :]
             u = (r_factor * c_factor) * g
         else:
             sq = decay * u + sq * beta2t
             u = jax.lax.rsqrt(sq) * g
-        u = u / jnp.maximum(_rms(u) / c(clip_threshold), c(1.0))
+        u = divide(u, jnp.maximum(_rms(u) / c(clip_threshold), c(1.0)))
         u = u * alpha
         if beta1 is not None:
             one_minus_beta1 = c(1.0 - beta1) if is_static(beta1) else 1 - c(beta1)

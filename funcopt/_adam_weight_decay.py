@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from funcopt import _checks, _names
-from funcopt._numerics import NO_PARAMS, f32, is_static, learning_rate_at
+from funcopt._numerics import NO_PARAMS, divide, f32, is_static, learning_rate_at, unfused
 
 __all__ = ["AdamWeightDecayState", "adam_weight_decay"]
 
@@ -49,7 +49,7 @@ def clip_by_norm(grads, clip):
     def one(g):
         sq = jnp.sum(g * g)
         norm = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1)), sq)
-        return (g * clip) / jnp.maximum(norm, jnp.asarray(clip, g.dtype))
+        return divide(g * clip, jnp.maximum(norm, jnp.asarray(clip, g.dtype)))
 
     return jax.tree.map(one, grads)
 
@@ -58,7 +58,7 @@ def clip_by_global_norm(grads, clip):
     """``tf.clip_by_global_norm``: ``g * clip * min(1/norm, 1/clip)`` (NaN for a non-finite
     norm, as in TF)."""
     leaves = jax.tree.leaves(grads)
-    half_squares = jnp.stack([jnp.sum(g * g) * f32(0.5) for g in leaves])
+    half_squares = jnp.stack([jnp.sum(unfused(g * g)) * f32(0.5) for g in leaves])
     norm = jnp.sqrt(jnp.sum(half_squares) * 2)
     clip = jnp.asarray(clip, f32)
     scale = clip * jnp.minimum(1 / norm, 1 / clip) + (norm - norm)
@@ -125,15 +125,16 @@ def keras_adam(
             treedef.flatten_up_to(grads), p_l, treedef.flatten_up_to(state.m),
             treedef.flatten_up_to(state.v), vhat_l, mask, strict=True,
         ):
+            # TF's Eigen kernels round every product: keep XLA from fusing multiply-adds.
             g = g.astype(f32)
-            m = m + (g - m.astype(f32)) * c1
-            v = v + (g * g - v.astype(f32)) * c2
+            m = m + unfused((g - m.astype(f32)) * c1)
+            v = v + unfused((unfused(g * g) - v.astype(f32)) * c2)
             if amsgrad:
                 vhat = jnp.maximum(vhat, v)
             step = (m * alpha) / (jnp.sqrt(vhat if amsgrad else v) + eps32)
             if decays:
                 p32 = p.astype(f32)
-                new = (p32 - (lr * p32) * wd) - step
+                new = (p32 - unfused((lr * p32) * wd)) - step
                 u = new - p32
             else:
                 u = -step

@@ -42,6 +42,26 @@ def one_minus_power(b, t):
     return -jnp.expm1(t * jnp.log(jnp.asarray(b, f32)))
 
 
+def unfused(product):
+    """``product``, rounded to float32 on its own before anything is added to it.
+
+    XLA on CPU contracts ``a * b + c`` into one fused multiply-add; a reference that rounds
+    the product first (TF's kernels, torch's separate ``mul``/``add`` kernels) then differs in
+    the last bit. An identity select between the two keeps them apart (NaN stays NaN).
+    """
+    return jnp.where(product == product, product, jnp.nan)
+
+
+def divide(x, d):
+    """``x / d`` correctly rounded, for a ``d`` broadcast against ``x``.
+
+    XLA rewrites a division by a broadcast value into a multiplication by its reciprocal,
+    which is off by an ulp; dividing by an elementwise copy of ``d`` keeps the true division
+    (NaN stays NaN).
+    """
+    return x / jnp.where(x == x, d, jnp.nan)
+
+
 def rounder(dtype):
     """Rounds a float32 value through ``dtype`` and back: where torch ends a kernel in bf16."""
     if jnp.dtype(dtype) == jnp.dtype(f32):
