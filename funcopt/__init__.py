@@ -1,9 +1,53 @@
 """funcopt: Hugging Face transformers' optimization module as pure, exact JAX transformations.
 
 Every optimizer is an ``optax.GradientTransformation``; every schedule a jit-able
-``step -> learning rate`` function. The bridges (``funcopt.torch``, ``funcopt.tensorflow``) are
-imported explicitly, so ``import funcopt`` needs neither torch nor TensorFlow.
+``step -> learning rate`` function; numbers match transformers 4.49.0 to float32 round-off.
+The bridges (``funcopt.torch``, ``funcopt.tensorflow``) are imported explicitly, so
+``import funcopt`` needs neither torch nor TensorFlow.
+
+>>> import funcopt
+>>> optimizer = funcopt.adamw(funcopt.get_linear_schedule_with_warmup(1e-3, 10, 100))
 """
+
+# ruff: noqa: I001  (grouped by concept, not alphabetically)
+
+# Optimizers and their states.
+from funcopt._adamw import AdamWState as AdamWState
+from funcopt._adamw import adamw as adamw
+from funcopt._adafactor import AdafactorState as AdafactorState
+from funcopt._adafactor import adafactor as adafactor
+from funcopt._adafactor import adafactor_learning_rates as adafactor_learning_rates
+from funcopt._adam_weight_decay import AdamWeightDecayState as AdamWeightDecayState
+from funcopt._adam_weight_decay import adam_weight_decay as adam_weight_decay
+from funcopt._create_optimizer import create_optimizer as create_optimizer
+
+# Parameter names and masks.
+from funcopt._names import name_mask as name_mask
+from funcopt._names import param_names as param_names
+
+# Schedules (HF's LambdaLR family, TF's warmup), get_scheduler, reduce-on-plateau.
+from funcopt._schedules import get_constant_schedule as get_constant_schedule
+from funcopt._schedules import (
+    get_constant_schedule_with_warmup as get_constant_schedule_with_warmup,
+)
+from funcopt._schedules import get_linear_schedule_with_warmup as get_linear_schedule_with_warmup
+from funcopt._schedules import get_cosine_schedule_with_warmup as get_cosine_schedule_with_warmup
+from funcopt._schedules import (
+    get_cosine_with_hard_restarts_schedule_with_warmup as get_cosine_with_hard_restarts_schedule_with_warmup,  # noqa: E501
+)
+from funcopt._schedules import (
+    get_polynomial_decay_schedule_with_warmup as get_polynomial_decay_schedule_with_warmup,
+)
+from funcopt._schedules import get_inverse_sqrt_schedule as get_inverse_sqrt_schedule
+from funcopt._schedules import (
+    get_cosine_with_min_lr_schedule_with_warmup as get_cosine_with_min_lr_schedule_with_warmup,
+)
+from funcopt._schedules import get_wsd_schedule as get_wsd_schedule
+from funcopt._tf_schedules import warmup as warmup
+from funcopt._scheduler import SchedulerType as SchedulerType
+from funcopt._scheduler import get_scheduler as get_scheduler
+from funcopt._plateau import ReduceOnPlateauState as ReduceOnPlateauState
+from funcopt._plateau import reduce_on_plateau as reduce_on_plateau
 
 # Gradient accumulation.
 from funcopt._accumulation import GradientAccumulatorState as GradientAccumulatorState
@@ -12,42 +56,18 @@ from funcopt._accumulation import accumulator_init as accumulator_init
 from funcopt._accumulation import accumulator_reset as accumulator_reset
 from funcopt._accumulation import gradient_accumulation as gradient_accumulation
 
-# Parameter names and masks.
-from funcopt._adafactor import AdafactorState as AdafactorState
-from funcopt._adafactor import adafactor as adafactor
-from funcopt._adafactor import adafactor_learning_rates as adafactor_learning_rates
-from funcopt._adam_weight_decay import AdamWeightDecayState as AdamWeightDecayState
-from funcopt._adam_weight_decay import adam_weight_decay as adam_weight_decay
-
-# Optimizers.
-from funcopt._adamw import AdamWState as AdamWState
-from funcopt._adamw import adamw as adamw
-from funcopt._create_optimizer import create_optimizer as create_optimizer
-from funcopt._names import name_mask as name_mask
-from funcopt._names import param_names as param_names
-
-# Schedules.
-from funcopt._plateau import ReduceOnPlateauState as ReduceOnPlateauState
-from funcopt._plateau import reduce_on_plateau as reduce_on_plateau
-from funcopt._scheduler import SchedulerType as SchedulerType
-from funcopt._scheduler import get_scheduler as get_scheduler
-from funcopt._schedules import get_constant_schedule as get_constant_schedule
-from funcopt._schedules import (
-    get_constant_schedule_with_warmup as get_constant_schedule_with_warmup,
-)
-from funcopt._schedules import get_cosine_schedule_with_warmup as get_cosine_schedule_with_warmup
-from funcopt._schedules import (
-    get_cosine_with_hard_restarts_schedule_with_warmup as get_cosine_with_hard_restarts_schedule_with_warmup,  # noqa: E501
-)
-from funcopt._schedules import (
-    get_cosine_with_min_lr_schedule_with_warmup as get_cosine_with_min_lr_schedule_with_warmup,
-)
-from funcopt._schedules import get_inverse_sqrt_schedule as get_inverse_sqrt_schedule
-from funcopt._schedules import get_linear_schedule_with_warmup as get_linear_schedule_with_warmup
-from funcopt._schedules import (
-    get_polynomial_decay_schedule_with_warmup as get_polynomial_decay_schedule_with_warmup,
-)
-from funcopt._schedules import get_wsd_schedule as get_wsd_schedule
-from funcopt._tf_schedules import warmup as warmup
-
 __version__ = "0.1.0"
+
+__all__ = [
+    "AdamWState", "adamw", "AdafactorState", "adafactor", "adafactor_learning_rates",
+    "AdamWeightDecayState", "adam_weight_decay", "create_optimizer",
+    "name_mask", "param_names",
+    "get_constant_schedule", "get_constant_schedule_with_warmup",
+    "get_linear_schedule_with_warmup", "get_cosine_schedule_with_warmup",
+    "get_cosine_with_hard_restarts_schedule_with_warmup",
+    "get_polynomial_decay_schedule_with_warmup", "get_inverse_sqrt_schedule",
+    "get_cosine_with_min_lr_schedule_with_warmup", "get_wsd_schedule", "warmup",
+    "SchedulerType", "get_scheduler", "ReduceOnPlateauState", "reduce_on_plateau",
+    "GradientAccumulatorState", "accumulate", "accumulator_init", "accumulator_reset",
+    "gradient_accumulation",
+]
