@@ -243,6 +243,23 @@ def test_state_memory_is_reused_and_held_views_stay_valid():
     assert not torch.equal(opt.state[w]["exp_avg"], snapshot)
 
 
+def test_parameter_writes_between_steps_are_seen():
+    """In-place writes to a parameter, and a new tensor bound to it, between steps."""
+    models, opts = [], []
+    for make in (hf_adamw, funcopt.torch.AdamW):
+        model = make_model()
+        models.append(model)
+        opts.append(make(model.parameters(), lr=1e-2, weight_decay=0.5))
+    for step in range(4):
+        for model, opt in zip(models, opts, strict=True):
+            train(model, opt, 1)
+            with torch.no_grad():
+                model[0].weight.mul_(0.5)
+                if step == 1:
+                    model[3].weight.data = model[3].weight.detach().t().contiguous().t() + 1.0
+    assert rel_diff(weights(models[0]), weights(models[1])) < TOL
+
+
 def test_copies_and_pickles():
     model = make_model()
     opt = funcopt.torch.AdamW(model.parameters(), lr=1e-2, weight_decay=0.5)

@@ -180,7 +180,7 @@ class Optimizer(torch.optim.Optimizer):
                 states[i] = zero_state if states[i] is None else states[i]
                 scratch[i] = zero if scratch[i] is None else scratch[i]
         fn = _update.compiled_update(self._optimizer_fn, self._layout, static, lr is None)
-        inputs = [_dlpack.to_jax(p) for p in params], [_dlpack.to_jax(p.grad) for p in params]
+        inputs = [self._param_view(p) for p in params], [_dlpack.to_jax(p.grad) for p in params]
         # Drop our torch views of the state so that JAX may donate (reuse) its buffers.
         for p, step, state in zip(params, steps, states, strict=True):
             if step:
@@ -204,6 +204,21 @@ class Optimizer(torch.optim.Optimizer):
     def _init_caches(self):
         self._jax = {}  # param -> {key: jax.Array}: the arrays behind optimizer.state[param]
         self._scratch = {}  # param -> last new-parameter array (donated at the next step)
+        self._views = {}  # param -> JAX array sharing the parameter's memory
+
+    def _param_view(self, p):
+        """A JAX array sharing ``p``'s memory, made once: it reads whatever ``p`` holds when
+        a computation runs (in-place torch writes included), and is remade only if ``p``'s
+        memory moved (``p.data = ...``). DLPack imports cost far more than this check."""
+        view = self._views.get(p)
+        if view is None or view.unsafe_buffer_pointer() != p.data_ptr() or view.shape != tuple(
+                p.shape) or view.dtype != _dlpack.jax_dtype(p.dtype) or not p.is_contiguous():
+            view = _dlpack.to_jax(p)
+            if view.unsafe_buffer_pointer() == p.data_ptr():  # not a copy: reusable
+                self._views[p] = view
+            else:
+                self._views.pop(p, None)
+        return view
 
     def _install(self, p, step, arrays):
         """Makes ``arrays`` (JAX-owned) the state of ``p``; ``optimizer.state[p]`` gets views."""
