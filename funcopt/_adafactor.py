@@ -88,11 +88,11 @@ def adafactor(
               \text{ if relative\_step else the learning rate} \\
         \alpha &= \max(\epsilon_2, \mathrm{RMS}(p))\,\rho \text{ if scale\_parameter else } \rho,
         \qquad \hat\beta_{2t} = 1 - t^{c}\ (c = \text{decay\_rate}) \\
-        R &\leftarrow \hat\beta_{2t} R + (1-\hat\beta_{2t})\,\mathrm{mean}_{-1}(g^2+\epsilon_1),
-        \quad C \leftarrow \hat\beta_{2t} C + (1-\hat\beta_{2t})\,\mathrm{mean}_{-2}(g^2+\epsilon_1) \\
+        R &\leftarrow \hat\beta_{2t} R + (1-\hat\beta_{2t})\,\mathrm{mean}_{-1}(g^2+\epsilon_1) \\
+        C &\leftarrow \hat\beta_{2t} C + (1-\hat\beta_{2t})\,\mathrm{mean}_{-2}(g^2+\epsilon_1) \\
         U &= g \,/\, \sqrt{R_i C_j / \mathrm{mean}_k R_k}
-        \quad\text{(unfactored: } V \leftarrow \hat\beta_{2t} V + (1-\hat\beta_{2t})(g^2+\epsilon_1),
-        \ U = g/\sqrt V) \\
+        \quad\text{(unfactored: } V \leftarrow \hat\beta_{2t} V
+        + (1-\hat\beta_{2t})(g^2+\epsilon_1),\ U = g/\sqrt V) \\
         U &\leftarrow \alpha\, U / \max(1, \mathrm{RMS}(U)/d), \qquad
         M \leftarrow \beta_1 M + (1-\beta_1) U,\ U = M \text{ (with beta1)} \\
         p &\leftarrow p - \lambda \alpha p - U

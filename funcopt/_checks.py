@@ -68,6 +68,31 @@ def learning_rate(name: str, value):
     return number(name, value, low=0.0, allowed=">= 0.0 (or a schedule step -> lr)")
 
 
+def static_number(name: str, value, **bounds) -> float:
+    """A number that configures a schedule (static, known before jit), checked against
+    ``bounds`` as in :func:`number`, as a Python float."""
+    number(name, value, **bounds)
+    v = concrete(value)
+    if v is None:
+        raise TypeError(f"{name} must be a concrete number (it is static), got a tracer.")
+    return v
+
+
+def step(value):
+    """A schedule's step as a JAX array: an integer (or float) scalar or array, traced or not."""
+    import jax.numpy as jnp
+
+    try:
+        s = jnp.asarray(value)
+    except TypeError:
+        s = None
+    if s is None or s.dtype == jnp.bool_ or not (
+        jnp.issubdtype(s.dtype, jnp.integer) or jnp.issubdtype(s.dtype, jnp.floating)
+    ):
+        raise TypeError(f"step must be an integer (the number of updates made), got {value!r}.")
+    return s
+
+
 def choice(name: str, value, allowed):
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is invalid: it must be one of {list(allowed)}.")

@@ -32,6 +32,7 @@ import numpy as np
 from jax import lax
 
 from funcopt import _checks
+from funcopt._numerics import divide
 
 __all__ = [
     "get_constant_schedule",
@@ -69,26 +70,11 @@ def _count(name, value):
 
 
 def _finite(name, value):
-    """A static (Python or concrete) finite number, as a Python float."""
-    v = _checks.concrete(_checks.number(name, value, allowed="a finite number"))
-    if v is None:
-        raise TypeError(f"{name} must be a concrete number (it is static), got a tracer.")
+    """A static finite number, as a Python float."""
+    v = _checks.static_number(name, value, allowed="a finite number")
     if not math.isfinite(v):
         raise ValueError(f"{name}={value!r} is invalid: it must be a finite number.")
     return v
-
-
-def _step(step):
-    """The step as a JAX array, checked to be an integer (or a float)."""
-    try:
-        s = jnp.asarray(step)
-    except TypeError:
-        s = None
-    if s is None or s.dtype == jnp.bool_ or not (
-        jnp.issubdtype(s.dtype, jnp.integer) or jnp.issubdtype(s.dtype, jnp.floating)
-    ):
-        raise TypeError(f"step must be an integer (the number of updates made), got {step!r}.")
-    return s
 
 
 def _f32(x):
@@ -117,11 +103,8 @@ def _signed(s):
 
 
 def _ratio(steps, count):
-    """``steps / count`` correctly rounded in float32: XLA turns a division by a broadcast
-    scalar into a multiplication by its rounded reciprocal, so the divisor is made an array
-    of the numerator's shape first."""
-    x = _f(steps)
-    return x / lax.optimization_barrier(x * 0 + _f(count))
+    """``steps / count`` correctly rounded in float32 (see :func:`funcopt._numerics.divide`)."""
+    return divide(_f(steps), _f(count))
 
 
 def _cospi(x):
@@ -208,7 +191,7 @@ def _constant_kernel(s, lr):
 
 
 def _constant(step, *, learning_rate):
-    return _constant_kernel(_step(step), _f32(learning_rate))
+    return _constant_kernel(_checks.step(step), _f32(learning_rate))
 
 
 @jax.jit
@@ -218,7 +201,9 @@ def _constant_with_warmup_kernel(s, lr, w):
 
 
 def _constant_with_warmup(step, *, learning_rate, num_warmup_steps):
-    return _constant_with_warmup_kernel(_step(step), _f32(learning_rate), _i32(num_warmup_steps))
+    return _constant_with_warmup_kernel(
+        _checks.step(step), _f32(learning_rate), _i32(num_warmup_steps)
+    )
 
 
 @jax.jit
@@ -229,7 +214,7 @@ def _linear_kernel(s, lr, w, t):
 
 
 def _linear(step, *, learning_rate, num_warmup_steps, num_training_steps):
-    return _linear_kernel(_step(step), _f32(learning_rate), _i32(num_warmup_steps),
+    return _linear_kernel(_checks.step(step), _f32(learning_rate), _i32(num_warmup_steps),
                           _i32(num_training_steps))
 
 
@@ -243,7 +228,7 @@ def _cosine_kernel(s, lr, w, k, low, span):
 def _cosine(step, *, learning_rate, num_warmup_steps, num_training_steps, num_cycles,
             min_lr_rate=0.0):
     k = _split(2.0 * num_cycles / max(1, num_training_steps - num_warmup_steps))
-    return _cosine_kernel(_step(step), _f32(learning_rate), _i32(num_warmup_steps), k,
+    return _cosine_kernel(_checks.step(step), _f32(learning_rate), _i32(num_warmup_steps), k,
                           _f32(min_lr_rate), _f32(1.0 - min_lr_rate))
 
 
@@ -263,7 +248,7 @@ def _hard_restarts_kernel(s, lr, w, length, k, num_cycles, missed_restarts):
 def _hard_restarts(step, *, learning_rate, num_warmup_steps, num_training_steps, num_cycles):
     length = max(1, num_training_steps - num_warmup_steps)
     missed = _missed_restarts(num_cycles)
-    return _hard_restarts_kernel(_step(step), _f32(learning_rate), _i32(num_warmup_steps),
+    return _hard_restarts_kernel(_checks.step(step), _f32(learning_rate), _i32(num_warmup_steps),
                                  _i32(length), _split(num_cycles / length),
                                  _i32(num_cycles if missed else 0), missed_restarts=missed)
 
@@ -290,7 +275,7 @@ def _polynomial_kernel(s, lr, w, t, lr_end, span, power, zero_power):
 
 def _polynomial(step, *, learning_rate, num_warmup_steps, num_training_steps, lr_end, power):
     return _polynomial_kernel(
-        _step(step), _f32(learning_rate), _i32(num_warmup_steps), _i32(num_training_steps),
+        _checks.step(step), _f32(learning_rate), _i32(num_warmup_steps), _i32(num_training_steps),
         _f32(lr_end), _f32(learning_rate - lr_end), _f32(power), np.bool_(power == 0),
     )
 
@@ -308,7 +293,7 @@ def _inverse_sqrt_kernel(s, lr, w, timescale):
 
 def _inverse_sqrt(step, *, learning_rate, num_warmup_steps, timescale):
     timescale = _i32(timescale) if isinstance(timescale, int) else _f32(timescale)
-    return _inverse_sqrt_kernel(_step(step), _f32(learning_rate), _i32(num_warmup_steps),
+    return _inverse_sqrt_kernel(_checks.step(step), _f32(learning_rate), _i32(num_warmup_steps),
                                 timescale)
 
 
@@ -341,7 +326,7 @@ def _wsd_kernel(s, lr, w, stable, d, k, ratio, span, warmup_type, decay_type):
 def _wsd(step, *, learning_rate, num_warmup_steps, num_stable_steps, num_decay_steps,
          warmup_type, decay_type, min_lr_ratio, num_cycles):
     return _wsd_kernel(
-        _step(step), _f32(learning_rate), _i32(num_warmup_steps), _i32(num_stable_steps),
+        _checks.step(step), _f32(learning_rate), _i32(num_warmup_steps), _i32(num_stable_steps),
         _i32(num_decay_steps), _split(2.0 * num_cycles / max(1, num_decay_steps)),
         _f32(min_lr_ratio), _f32(1.0 - min_lr_ratio), warmup_type=warmup_type,
         decay_type=decay_type,

@@ -13,63 +13,38 @@ import numbers
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from funcopt import _checks
+from funcopt._numerics import divide, unfused
 
 __all__ = ["warmup"]
 
 f32 = jnp.float32
 
 
-def _number(name, value, **bounds):
-    """A static (concrete) number checked against ``bounds``, as a Python float."""
-    _checks.number(name, value, **bounds)
-    v = _checks.concrete(value)
-    if v is None:
-        raise TypeError(f"{name} must be a concrete number (it is static), got a tracer.")
-    return v
 
 
 def _steps(name, value):
     """A number of steps >= 0; an integer stays an integer (TF subtracts it from the step)."""
-    v = _number(name, value, low=0.0)
+    v = _checks.static_number(name, value, low=0.0)
     return int(value) if isinstance(value, numbers.Integral) else v
 
 
-def _step(step):
-    try:
-        s = jnp.asarray(step)
-    except TypeError:
-        s = None
-    if s is None or s.dtype == jnp.bool_ or not (
-        jnp.issubdtype(s.dtype, jnp.integer) or jnp.issubdtype(s.dtype, jnp.floating)
-    ):
-        raise TypeError(f"step must be a number (the iteration), got {step!r}.")
-    return s
 
 
-def _full_like(x, value):
-    """``value`` as an array shaped like ``x``: XLA turns a division by a broadcast scalar
-    into a multiplication by its rounded reciprocal, which TF does not."""
-    return lax.optimization_barrier(x * 0 + value)
 
 
-def _rounded(product):
-    """The product, rounded to float32 before it is added to anything: TF rounds it; XLA
-    would fuse the multiply and the add (FMA). A select in between keeps them apart."""
-    return jnp.where(product == product, product, 0.0)
 
 
 @jax.jit
 def _warmup_kernel(s, decayed, initial_learning_rate, warmup_steps, power):
     s = s.astype(f32)
-    ramp = initial_learning_rate * jnp.power(s / _full_like(s, warmup_steps), power)
+    ramp = initial_learning_rate * jnp.power(divide(s, warmup_steps), power)
     return jnp.where(s < warmup_steps, ramp, decayed.astype(f32))
 
 
 def _warmup(step, *, initial_learning_rate, decay_schedule_fn, warmup_steps, power):
-    s = _step(step)
+    s = _checks.step(step)
     decayed = jnp.asarray(decay_schedule_fn(s - warmup_steps))
     return _warmup_kernel(s, decayed, np.float32(initial_learning_rate),
                           np.float32(warmup_steps), np.float32(power))
@@ -109,24 +84,26 @@ def warmup(initial_learning_rate, decay_schedule_fn, warmup_steps, power=1.0):
         )
     return functools.partial(
         _warmup,
-        initial_learning_rate=_number("initial_learning_rate", initial_learning_rate, low=0.0),
+        initial_learning_rate=_checks.static_number(
+            "initial_learning_rate", initial_learning_rate, low=0.0
+        ),
         decay_schedule_fn=decay_schedule_fn,
         warmup_steps=_steps("warmup_steps", warmup_steps),
-        power=_number("power", power, allowed="a number"),
+        power=_checks.static_number("power", power, allowed="a number"),
     )
 
 
 @jax.jit
 def _polynomial_decay_kernel(s, initial_learning_rate, decay_steps, end_learning_rate, power):
     x = jnp.minimum(s.astype(f32), decay_steps)
-    p = x / _full_like(x, decay_steps)
-    decay = _rounded((initial_learning_rate - end_learning_rate) * jnp.power(1 - p, power))
+    p = divide(x, decay_steps)
+    decay = unfused((initial_learning_rate - end_learning_rate) * jnp.power(1 - p, power))
     return decay + end_learning_rate
 
 
 def _polynomial_decay(step, *, initial_learning_rate, decay_steps, end_learning_rate, power):
     return _polynomial_decay_kernel(
-        _step(step), np.float32(initial_learning_rate), np.float32(decay_steps),
+        _checks.step(step), np.float32(initial_learning_rate), np.float32(decay_steps),
         np.float32(end_learning_rate), np.float32(power),
     )
 
@@ -150,14 +127,16 @@ def polynomial_decay(initial_learning_rate, decay_steps, end_learning_rate=0.000
       >>> [float(schedule(s)) for s in range(6)]
       [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
     """
-    decay_steps = _number("decay_steps", decay_steps, low=0.0, low_open=True,
+    decay_steps = _checks.static_number("decay_steps", decay_steps, low=0.0, low_open=True,
                           allowed="> 0 (Keras' PolynomialDecay gives NaN for 0 and only "
                                   "end_learning_rate below)")
     return functools.partial(
         _polynomial_decay,
-        initial_learning_rate=_number("initial_learning_rate", initial_learning_rate,
+        initial_learning_rate=_checks.static_number("initial_learning_rate", initial_learning_rate,
                                       allowed="a number"),
         decay_steps=decay_steps,
-        end_learning_rate=_number("end_learning_rate", end_learning_rate, allowed="a number"),
-        power=_number("power", power, allowed="a number"),
+        end_learning_rate=_checks.static_number(
+            "end_learning_rate", end_learning_rate, allowed="a number"
+        ),
+        power=_checks.static_number("power", power, allowed="a number"),
     )
