@@ -1,6 +1,7 @@
 """The optimizer update step: funcopt against optax, torch and transformers, interleaved.
 
-``python -m benchmarks [--size 25m|124m] [--rounds N] [--only NAME,...] [--no-memory]``
+``python -m benchmarks [--size 25m|124m] [--rounds N] [--budget S] [--only NAME,...]
+[--no-memory] [--output FILE]``
 
 Every optimizer updates its own copy of a GPT-2-shaped pytree (``--size 25m``: 3 blocks and a
 8192-token vocabulary, 28.3M parameters in 40 leaves; ``--size 124m``: GPT-2 small, 124.4M in
@@ -22,6 +23,7 @@ import json
 import os
 import platform
 import random
+import resource
 import subprocess
 import sys
 import threading
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 LR, WD, EPS = 1e-3, 0.01, 1e-6
+MIN_ROUNDS = 10
 BW_ELEMS = 64 * 1024 * 1024  # 256 MiB float32 per bandwidth probe array, well above L3
 
 SIZES = {
@@ -412,22 +415,30 @@ def run(args) -> str:
 
     items = names + list(probes.names)
     times = {k: [] for k in items}
+    faults = dict.fromkeys(items, 0)
     order = list(items)
     rng = random.Random(args.seed)
     gc.collect()
     gc.disable()
+    deadline = time.perf_counter() + args.budget
+    rounds = 0
     try:
-        for _ in range(args.rounds):
+        while rounds < args.rounds and (rounds < MIN_ROUNDS
+                                        or time.perf_counter() < deadline):
+            rounds += 1
             rng.shuffle(order)
             for k in order:
+                f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 t0 = time.perf_counter()
                 if k in runners:
                     runners[k].step()
                 else:
                     probes.run(k)
                 times[k].append(time.perf_counter() - t0)
+                faults[k] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
     finally:
         gc.enable()
+    args.rounds = rounds
     timing_s = time.perf_counter() - t_start - setup_s
     load1 = os.getloadavg()
 
@@ -446,7 +457,7 @@ def run(args) -> str:
     w = lines.append
     w(f"## Update step, GPT-2-shaped {args.size}: {n_params / 1e6:.1f}M float32 parameters in "
       f"{len(shapes)} leaves\n")
-    w(f"`{' '.join(['python -m benchmarks'] + args.argv)}` — {args.rounds} interleaved rounds "
+    w(f"`{' '.join(['python -m benchmarks'] + args.argv)}` — {rounds} interleaved rounds "
       f"(shuffled order), {args.warmup} warm-up steps; {os.cpu_count()} CPUs "
       f"({platform.processor() or platform.machine()}), torch threads "
       f"{torch.get_num_threads()}; jax {jax.__version__}, optax {optax.__version__}, torch "
@@ -457,8 +468,9 @@ def run(args) -> str:
       f"**{machine_bw / 1e9:.1f} GB/s** — "
       + ", ".join(f"{k[4:]} {v / 1e9:.1f}" for k, v in bw.items()) + " GB/s.\n")
     w("| optimizer | median ms | IQR ms | min ms | eff. GB/s | % of bw | state MB "
-      "| state / needed | XLA temp MB | XLA out not aliased MB | peak ΔRSS MB |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| state / needed | XLA temp MB | XLA out not aliased MB | peak ΔRSS MB "
+      "| page faults / step |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     param_bytes = 4 * n_params
     for name in names:
         peer = PEERS[name]
@@ -476,10 +488,11 @@ def run(args) -> str:
         w(f"| {name} | {med * 1e3:.1f} | {q1 * 1e3:.1f}–{q3 * 1e3:.1f} "
           f"| {min(times[name]) * 1e3:.1f} | {eff / 1e9:.1f} | {100 * eff / machine_bw:.0f}% "
           f"| {_mb(state_bytes[name])} | {state_bytes[name] / needed:.3f} | {temp} "
-          f"| {unaliased} | {rss} |")
+          f"| {unaliased} | {rss} | {faults[name] / args.rounds:,.0f} |")
     w("")
-    w("| funcopt | peer | time ratio, median [IQR] of per-round ratios | goal | met |")
-    w("|---|---|---:|---:|---|")
+    w("| funcopt | peer | time ratio: median [IQR] of per-round ratios | ratio of minima "
+      "| goal | met |")
+    w("|---|---|---:|---:|---:|---|")
     for a, b, goal in COMPARISONS:
         if a not in times or b not in times:
             continue
@@ -490,7 +503,8 @@ def run(args) -> str:
         else:
             goal_s = f"≤ {goal:g}"
             met = "yes" if med <= goal else ("within noise" if q1 <= goal else "**no**")
-        w(f"| {a} | {b} | {med:.2f} [{q1:.2f}–{q3:.2f}] | {goal_s} | {met} |")
+        w(f"| {a} | {b} | {med:.2f} [{q1:.2f}–{q3:.2f}] "
+          f"| {min(times[a]) / min(times[b]):.2f} | {goal_s} | {met} |")
     w("")
     w(f"Parameters: {_mb(param_bytes)} MB. eff. GB/s = compulsory bytes / median time "
       "(AdamW: read p, g, m, v and write p, m, v; Adafactor: read p, g, write p, read+write "
@@ -499,7 +513,10 @@ def run(args) -> str:
       "Adafactor row+column factors for matrices, a full moment for vectors). XLA columns "
       "from `compile().memory_analysis()` of the donated step (⚠: temp + non-aliased outputs "
       ">= one copy of the parameters). peak ΔRSS: resident-set growth over init + 3 steps in "
-      "a fresh process (state + transient buffers; allocator-dependent, sampled every 0.2 ms).")
+      "a fresh process (state + transient buffers; allocator-dependent, sampled every 0.2 ms). "
+      "page faults / step: minor faults during the timed steps — fresh pages the kernel "
+      "zeroes, i.e. buffers allocated (not reused) every step. On a shared machine the "
+      "minima approximate an uncontended run; the median ratios cancel slow drift.")
     return "\n".join(lines)
 
 
@@ -509,7 +526,11 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(SIZES), default="25m")
     ap.add_argument("--rounds", type=int, default=None,
-                    help="interleaved rounds (default 40 for 25m, 10 for 124m)")
+                    help="at most this many interleaved rounds (default 40 for 25m, 12 for "
+                    "124m)")
+    ap.add_argument("--budget", type=float, default=90.0,
+                    help=f"stop starting rounds after this many seconds (at least "
+                    f"{MIN_ROUNDS} rounds; default 90)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--only", default="", help="comma-separated optimizer names; choose from "
                     + ", ".join(PEERS))
@@ -520,7 +541,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     args.argv = list(argv)
     if args.rounds is None:
-        args.rounds = 40 if args.size == "25m" else 10
+        args.rounds = 40 if args.size == "25m" else 12
     text = run(args)
     print(text)
     if args.output:
