@@ -9,8 +9,9 @@ of its step times. Run::
     .venv/bin/python -m benchmarks.torch_adamw [--rounds 15] [--blocks 3]
 
 On a CPU, torch's OpenMP threads and XLA's thread pool spin-wait for each other after their
-own work; ``OMP_WAIT_POLICY=PASSIVE`` in the environment (it must be set before torch is
-imported) stops torch's side of it. The header says which policy the run used.
+own work, which slows torch's optimizers too when they share a process with JAX;
+``OMP_WAIT_POLICY=PASSIVE`` in the environment (it must be set before torch is imported) stops
+torch's side of it and gives the fairer comparison. The header says which policy was used.
 """
 
 from __future__ import annotations

@@ -114,9 +114,8 @@ class Optimizer(torch.optim.Optimizer):
             config = self._config(group)
         except KeyError as err:
             raise ValueError(f"{where} lacks the hyperparameter {err}.") from None
-        lr = config["learning_rate"]
-        if isinstance(lr, torch.Tensor):
-            lr = config["learning_rate"] = float(lr)
+        if isinstance(config["learning_rate"], torch.Tensor):  # torch allows a tensor lr
+            config["learning_rate"] = float(config["learning_rate"])
         try:
             self._optimizer_fn(**config)  # its construction-time checks, with names and values
             _update.static_key({k: v for k, v in config.items() if k != "learning_rate"})
