@@ -50,7 +50,8 @@ class _Side:
         if step:
             state = {"step": int(step)}
             for key, _ in self.expected(p, group):
-                state[key] = _dlpack.to_torch_owned(arrays[key], p.device)
+                dtype = jnp.float32 if key == "RMS" else self.state_dtype(p)
+                state[key] = _dlpack.to_torch_owned(arrays[key].astype(dtype), p.device)
             self.optimizer.state[p] = state
 
 
