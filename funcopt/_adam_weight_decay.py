@@ -134,7 +134,7 @@ def keras_adam(
             step = (m * alpha) / (jnp.sqrt(vhat if amsgrad else v) + eps32)
             if decays:
                 p32 = p.astype(f32)
-                new = (p32 - unfused((lr * p32) * wd)) - step
+                new = (p32 - (lr * p32) * wd) - step
                 u = new - p32
             else:
                 u = -step
