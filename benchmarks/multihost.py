@@ -51,13 +51,6 @@ def _step(opt):
     return step
 
 
-def state_shardings(opt, params):
-    """The shardings XLA propagates to ``opt``'s state through one update of ``params``."""
-    import jax
-
-    abstract = jax.eval_shape(opt.init, params)
-    one_update = jax.jit(lambda p, s: opt.update(p, s, p)[1])
-    return one_update.lower(params, abstract).compile().output_shardings
 
 
 def worker(process_id: int, num_processes: int, port: int):
@@ -82,6 +75,8 @@ def worker(process_id: int, num_processes: int, port: int):
             out[k] = jax.make_array_from_callback(x.shape, sharding, lambda i, x=x: x[i])
         return out
 
+    import funcopt
+
     failures = []
     for name, opt in _optimizers().items():
         # Reference: the same steps on one local device, outside the mesh.
@@ -93,7 +88,8 @@ def worker(process_id: int, num_processes: int, port: int):
             ref_p, ref_s = ref_step(ref_p, ref_s, jax.device_put(g, one))
         with jax.set_mesh(mesh):
             params = shard(params_np)
-            state = jax.jit(opt.init, out_shardings=state_shardings(opt, params))(params)
+            shardings = funcopt.state_shardings(opt, params)
+            state = jax.jit(opt.init, out_shardings=shardings)(params)
             step = jax.jit(_step(opt), donate_argnums=(0, 1))
             for g in grads_np:
                 params, state = step(params, state, shard(g))

@@ -49,6 +49,9 @@ from funcopt._scheduler import get_scheduler as get_scheduler
 from funcopt._plateau import ReduceOnPlateauState as ReduceOnPlateauState
 from funcopt._plateau import reduce_on_plateau as reduce_on_plateau
 
+# Sharding.
+from funcopt._sharding import state_shardings as state_shardings
+
 # Gradient accumulation.
 from funcopt._accumulation import GradientAccumulatorState as GradientAccumulatorState
 from funcopt._accumulation import accumulate as accumulate
@@ -69,5 +72,5 @@ __all__ = [
     "get_cosine_with_min_lr_schedule_with_warmup", "get_wsd_schedule", "warmup",
     "SchedulerType", "get_scheduler", "ReduceOnPlateauState", "reduce_on_plateau",
     "GradientAccumulatorState", "accumulate", "accumulator_init", "accumulator_reset",
-    "gradient_accumulation",
+    "gradient_accumulation", "state_shardings",
 ]

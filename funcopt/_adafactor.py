@@ -163,10 +163,12 @@ def adafactor(
                 jnp.zeros([], jnp.int32),
                 jnp.zeros([], sd),
                 jnp.zeros([], f32),
-                jnp.zeros(p.shape, sd) if beta1 is not None else None,
-                jnp.zeros(p.shape[:-1], sd) if factored else None,
-                jnp.zeros(p.shape[:-2] + p.shape[-1:], sd) if factored else None,
-                None if factored else jnp.zeros(p.shape, sd),
+                jnp.zeros_like(p, sd) if beta1 is not None else None,
+                # Reduced zeros: the factors' shapes and, on a mesh, p's sharding without the
+                # reduced axis (under jit XLA folds them to constants).
+                jnp.zeros_like(p, sd).sum(axis=-1) if factored else None,
+                jnp.zeros_like(p, sd).sum(axis=-2) if factored else None,
+                None if factored else jnp.zeros_like(p, sd),
             )
 
         treedef = jax.tree.structure(params)

@@ -6,7 +6,7 @@ For each mesh flavour (explicit axes, JAX's default for ``jax.make_mesh``; auto 
 optimizer it records:
 
 - ``init``: the state shardings ``jax.jit(opt.init)`` produces on its own;
-- ``helper``: those from ``jax.jit(opt.init, out_shardings=state_shardings(opt, params))``,
+- ``helper``: those from ``jax.jit(opt.init, out_shardings=funcopt.state_shardings(opt, params))``,
   where :func:`state_shardings` reads what XLA propagates through one update;
 - ``expected``: the state sharded like the parameters (moments as the parameter; Adafactor's
   row factor as the parameter without its last axis, the column factor without its
@@ -52,12 +52,6 @@ COLLECTIVES = ["all-gather", "all-reduce", "reduce-scatter", "all-to-all",
                "collective-permute"]
 
 
-def state_shardings(opt, params):
-    """Shardings for ``opt``'s state: the ones XLA propagates to the state that one update of
-    the (sharded) ``params`` returns. Works for any optax transformation."""
-    abstract = jax.eval_shape(opt.init, params)
-    one_update = jax.jit(lambda p, s: opt.update(p, s, p)[1])
-    return one_update.lower(params, abstract).compile().output_shardings
 
 
 def spec_of(x, ndim):
@@ -124,7 +118,7 @@ def sharded(opt, mesh):
     params = shard(params)
     facts = {}
     facts["init"] = describe(jax.jit(opt.init)(params))
-    state_sh = state_shardings(opt, params)
+    state_sh = funcopt.state_shardings(opt, params)
     state = jax.jit(opt.init, out_shardings=state_sh)(params)
     facts["helper"] = describe(state)
     facts["expected"] = describe(state, expected=True)

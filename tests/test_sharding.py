@@ -77,10 +77,6 @@ def test_jitted_init_alone_shards_adam_moments_on_an_explicit_mesh(facts, name):
     assert _mismatches(f["init"], f["expected"]) == {}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "funcopt.adafactor's init builds its moments with jnp.zeros(shape), which drops the "
-    "parameter's sharding; see the proposed zeros_like change in benchmarks/NOTES.md. "
-    "Remove this marker when it lands."))
 @pytest.mark.parametrize("name", ["adafactor", "adafactor_beta1_wd"])
 def test_jitted_init_alone_shards_adafactor_on_an_explicit_mesh(facts, name):
     f = facts[f"explicit/{name}"]
