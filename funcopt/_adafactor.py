@@ -14,6 +14,7 @@ from funcopt._numerics import (
     NO_PARAMS,
     divide,
     f32,
+    find_state,
     is_static,
     learning_rate_at,
     tree_leaves_like,
@@ -247,20 +248,6 @@ def _assemble(treedef, count, per_leaf):
     return AdafactorState(count, *fields)
 
 
-def _find(state, cls):
-    if isinstance(state, cls):
-        return state
-    if isinstance(state, tuple | list):
-        children = state
-    elif isinstance(state, dict):
-        children = state.values()
-    else:
-        children = getattr(state, "__dict__", {}).values()
-    for child in children:
-        found = _find(child, cls)
-        if found is not None:
-            return found
-    return None
 
 
 def adafactor_learning_rates(state):
@@ -278,7 +265,7 @@ def adafactor_learning_rates(state):
     >>> funcopt.adafactor_learning_rates(state)
     {'w': Array(0.01, dtype=float32)}
     """
-    found = _find(state, AdafactorState)
+    found = find_state(state, AdafactorState)
     if found is None:
         raise TypeError(
             f"adafactor_learning_rates needs a funcopt.adafactor state, got {type(state).__name__}."

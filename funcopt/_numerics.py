@@ -82,3 +82,21 @@ def unflatten(treedef, leaves, absent_if_all_none=True):
     if absent_if_all_none and all(x is None for x in leaves):
         return None
     return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def find_state(state, cls):
+    """The first ``cls`` instance inside an optax state (``chain``, ``inject_hyperparams``,
+    ``MultiSteps`` ...), or None."""
+    if isinstance(state, cls):
+        return state
+    if isinstance(state, dict):
+        children = state.values()
+    elif isinstance(state, tuple | list):
+        children = state
+    else:
+        children = getattr(state, "__dict__", {}).values()
+    for child in children:
+        found = find_state(child, cls)
+        if found is not None:
+            return found
+    return None

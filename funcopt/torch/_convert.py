@@ -19,6 +19,7 @@ import optax
 import torch
 
 import funcopt
+from funcopt._numerics import find_state
 from funcopt.torch import _dlpack, _layouts
 from funcopt.torch._optimizer import Optimizer
 
@@ -234,28 +235,13 @@ def _optax_adamw_state(optimizer, treedef, entries):
     return adam, optax.EmptyState(), optax.EmptyState()
 
 
-def _find(state, cls):
-    """The first ``cls`` instance inside an optax state (chain, inject_hyperparams, ...)."""
-    if isinstance(state, cls):
-        return state
-    if isinstance(state, dict):
-        children = state.values()
-    elif isinstance(state, tuple | list):
-        children = state
-    else:
-        children = getattr(state, "__dict__", {}).values()
-    for child in children:
-        found = _find(child, cls)
-        if found is not None:
-            return found
-    return None
 
 
 _KNOWN = (funcopt.AdamWState, funcopt.AdafactorState, optax.ScaleByAdamState)
 
 
 def _wrong_state(state, target, cls_name):
-    found = [c.__name__ for c in _KNOWN if _find(state, c) is not None]
+    found = [c.__name__ for c in _KNOWN if find_state(state, c) is not None]
     got = f"a {type(state).__name__}" + (f" holding {', '.join(found)}" if found else "")
     return TypeError(
         f"state_to_torch: this optimizer needs the state of {target}, got {got}: pass the "
@@ -310,7 +296,7 @@ def state_to_torch(state, optimizer) -> None:
         _write_optax_adamw(state, optimizer, entries)
         return
     cls = side.layout.state_type
-    found = _find(state, cls)
+    found = find_state(state, cls)
     if found is None:
         raise _wrong_state(state, side.target, cls.__name__)
     treedef = jax.tree.structure(found.step)
@@ -332,7 +318,7 @@ def state_to_torch(state, optimizer) -> None:
 
 
 def _write_optax_adamw(state, optimizer, entries):
-    found = _find(state, optax.ScaleByAdamState)
+    found = find_state(state, optax.ScaleByAdamState)
     if found is None:
         raise _wrong_state(state, "optax.adamw", "ScaleByAdamState")
     mu, nu = jax.tree.leaves(found.mu), jax.tree.leaves(found.nu)
