@@ -7,7 +7,6 @@ of the largest weight (float32 round-off: XLA's fused multiply-adds and reductio
 side, torch's kernels on the other); TOL leaves a 10x margin.
 """
 
-import contextlib
 import copy
 
 import numpy as np
@@ -20,6 +19,16 @@ try:
 except pytest.skip.Exception as skip:  # locally only: in CI reference() fails instead
     pytest.skip(str(skip), allow_module_level=True)
 
+from torch_model import (  # noqa: E402, F401  (one_torch_thread: an autouse fixture)
+    batch,
+    hf_adamw,
+    make_model,
+    one_torch_thread,
+    raises,
+    rel_diff,
+    weights,
+)
+
 import funcopt  # noqa: E402
 import funcopt.torch  # noqa: E402
 from funcopt.torch import _update  # noqa: E402
@@ -27,29 +36,6 @@ from funcopt.torch import _update  # noqa: E402
 TOL = 1e-6  # max |difference| / max |weight|
 STEPS = 10
 BF16_ULP = 2.0**-7  # relative spacing of bfloat16 numbers in [1, 2)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """torch's OpenMP threads and XLA's pool spin-wait against each other on a small CPU;
-    one torch thread keeps these tests fast. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_model(dtype=torch.float32):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.GELU(), torch.nn.Linear(16, 4)
-    )
-    return model.to(dtype)
-
-
-def batch(dtype=torch.float32):
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(32, 8, generator=g).to(dtype), torch.randn(32, 4, generator=g).to(dtype)
 
 
 def groups(model, second=None):
@@ -67,18 +53,6 @@ def train(model, opt, steps, scheduler=None, dtype=torch.float32):
         opt.step()
         if scheduler is not None:
             scheduler.step()
-
-
-def weights(model):
-    return torch.cat([p.detach().float().flatten() for p in model.parameters()])
-
-
-def rel_diff(a, b):
-    return ((a - b).abs().max() / a.abs().max()).item()
-
-
-def hf_adamw(params, **kw):
-    return transformers.AdamW(params, no_deprecation_warning=True, **kw)
 
 
 ADAMW = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.1)
@@ -275,14 +249,6 @@ def test_copies_and_pickles():
 
 
 # -- errors --------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def raises(error, *words):
-    with pytest.raises(error) as info:
-        yield
-    for word in words:
-        assert word in str(info.value), (word, str(info.value))
 
 
 def test_construction_errors():

@@ -5,7 +5,6 @@ Every resumed run ends where the uninterrupted reference run ends, to float32 ro
 (measured ~1e-7 of the largest weight; TOL leaves a 10x margin).
 """
 
-import contextlib
 import functools
 import io
 
@@ -21,34 +20,21 @@ try:
 except pytest.skip.Exception as skip:  # locally only: in CI reference() fails instead
     pytest.skip(str(skip), allow_module_level=True)
 
+from torch_model import (  # noqa: E402, F401  (one_torch_thread: an autouse fixture)
+    batch,
+    hf_adamw,
+    make_model,
+    one_torch_thread,
+    raises,
+    rel_diff,
+    weights,
+)
+
 import funcopt  # noqa: E402
 import funcopt.torch  # noqa: E402
 
 TOL = 1e-6  # max |difference| / max |weight|
 HALF = 5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """torch's OpenMP threads and XLA's pool spin-wait against each other on a small CPU;
-    one torch thread keeps these tests fast. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_model(dtype=torch.float32):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.GELU(), torch.nn.Linear(16, 4)
-    )
-    return model.to(dtype)
-
-
-def batch(dtype=torch.float32):
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(32, 8, generator=g).to(dtype), torch.randn(32, 4, generator=g).to(dtype)
 
 
 def loss(model):
@@ -65,24 +51,12 @@ def train(model, opt, steps, scheduler=None):
             scheduler.step()
 
 
-def weights(model):
-    return torch.cat([p.detach().float().flatten() for p in model.parameters()])
-
-
-def rel_diff(a, b):
-    return ((a - b).abs().max() / a.abs().max()).item()
-
-
 def saved(obj):
     """``obj`` after torch.save / torch.load (no tensor shared with the original)."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     buffer.seek(0)
     return torch.load(buffer)
-
-
-def hf_adamw(params, **kw):
-    return transformers.AdamW(params, no_deprecation_warning=True, **kw)
 
 
 def groups(model):
@@ -308,14 +282,6 @@ def test_skipped_parameters_convert_per_leaf():
 
 
 # -- errors --------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def raises(error, *words):
-    with pytest.raises(error) as info:
-        yield
-    for word in words:
-        assert word in str(info.value), (word, str(info.value))
 
 
 def test_conversion_errors():
