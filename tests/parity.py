@@ -63,3 +63,23 @@ def bf16_close(actual, desired, min_equal=0.95, atol=0.02):
     equal = float(np.mean(actual == desired))
     assert equal >= min_equal, f"only {equal:.3f} of bf16 elements equal the reference"
     np.testing.assert_allclose(actual, desired, rtol=0, atol=atol)
+
+
+def train_mse(opt, w0, target, steps, dtype=jnp.float32):
+    """Minimises mean((w - target)**2) with ``opt`` under jit, as HF's tests and the golden
+    runs did; returns ``(trajectory, state)``, the trajectory as float32 NumPy."""
+    w = jnp.asarray(w0, jnp.float32).astype(dtype)
+    target = jnp.asarray(target, jnp.float32).astype(dtype)
+    state = opt.init(w)
+
+    @jax.jit
+    def step(w, state):
+        g = jax.grad(lambda w: jnp.mean((w - target) ** 2))(w)
+        updates, state = opt.update(g, state, w)
+        return optax.apply_updates(w, updates), state
+
+    trajectory = []
+    for _ in range(steps):
+        w, state = step(w, state)
+        trajectory.append(np.asarray(w.astype(jnp.float32)))
+    return np.array(trajectory), state

@@ -1,35 +1,17 @@
 """funcopt.adafactor against transformers.Adafactor: golden values, live parity, state, errors."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from conftest import reference
-from parity import BF16_SHAPES, SHAPES, as_np, bf16_close, run_side_by_side
+from parity import BF16_SHAPES, SHAPES, as_np, bf16_close, run_side_by_side, train_mse
 
 import funcopt
 
 MANUAL = dict(learning_rate=1e-2, relative_step=False, scale_parameter=False)
 
 
-def train_mse(opt, w0, target, steps, dtype=jnp.float32):
-    """Minimises mean((w - target)**2) as the golden runs did; returns the trajectory."""
-    w = jnp.asarray(w0, jnp.float32).astype(dtype)
-    target = jnp.asarray(target, jnp.float32).astype(dtype)
-    state = opt.init(w)
-
-    @jax.jit
-    def step(w, state):
-        g = jax.grad(lambda w: jnp.mean((w - target) ** 2))(w)
-        updates, state = opt.update(g, state, w)
-        return optax.apply_updates(w, updates), state
-
-    trajectory = []
-    for _ in range(steps):
-        w, state = step(w, state)
-        trajectory.append(np.asarray(w.astype(jnp.float32)))
-    return np.array(trajectory), state
 
 
 def test_golden_hf_test_problem(golden_pt):

@@ -6,29 +6,13 @@ import numpy as np
 import optax
 import pytest
 from conftest import reference
-from parity import BF16_SHAPES, SHAPES, as_np, bf16_close, run_side_by_side
+from parity import BF16_SHAPES, SHAPES, as_np, bf16_close, run_side_by_side, train_mse
 
 import funcopt
 
 W0, TARGET = [0.1, -0.2, -0.1], [0.4, 0.2, -0.5]
 
 
-def train_test_problem(opt, steps):
-    """HF's test_adam_w problem: MSE of a 3-vector to a target."""
-    w, target = jnp.array(W0), jnp.array(TARGET)
-    state = opt.init(w)
-
-    @jax.jit
-    def step(w, state):
-        g = jax.grad(lambda w: jnp.mean((w - target) ** 2))(w)
-        updates, state = opt.update(g, state, w)
-        return optax.apply_updates(w, updates), state
-
-    trajectory = []
-    for _ in range(steps):
-        w, state = step(w, state)
-        trajectory.append(np.asarray(w))
-    return np.array(trajectory)
 
 
 @pytest.mark.parametrize("key, kwargs", [
@@ -37,7 +21,7 @@ def train_test_problem(opt, steps):
     ("adamw_wd0.1_nocorrect", dict(learning_rate=0.2, weight_decay=0.1, correct_bias=False)),
 ])
 def test_golden_test_problem(golden_pt, key, kwargs):
-    trajectory = train_test_problem(funcopt.adamw(**kwargs), 100)
+    trajectory, _ = train_mse(funcopt.adamw(**kwargs), W0, TARGET, 100)
     np.testing.assert_allclose(trajectory[:3], golden_pt[key]["first3"], rtol=0, atol=1.2e-7)
     np.testing.assert_allclose(trajectory[-1], golden_pt[key]["final_after_100"], rtol=0,
                                atol=1.2e-7)

@@ -11,27 +11,21 @@ import copy
 
 import numpy as np
 import pytest
-from conftest import reference
-
-try:
-    torch = reference("torch")
-    transformers = reference("transformers")
-except pytest.skip.Exception as skip:  # locally only: in CI reference() fails instead
-    pytest.skip(str(skip), allow_module_level=True)
-
-from torch_model import (  # noqa: E402, F401  (one_torch_thread: an autouse fixture)
+from torch_model import (  # noqa: F401  (one_torch_thread: an autouse fixture)
     batch,
     hf_adamw,
     make_model,
     one_torch_thread,
     raises,
     rel_diff,
+    torch,
+    transformers,
     weights,
 )
 
-import funcopt  # noqa: E402
-import funcopt.torch  # noqa: E402
-from funcopt.torch import _update  # noqa: E402
+import funcopt
+import funcopt.torch
+from funcopt.torch import _update
 
 TOL = 1e-6  # max |difference| / max |weight|
 STEPS = 10
