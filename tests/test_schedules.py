@@ -136,13 +136,20 @@ def test_golden_error_messages():
 # LambdaLR stepped and the group's lr read before each step (what update n uses).
 
 
-def hf_lrs(fn, peak, n, **kwargs):
+def hf_scheduler(fn, peak, **kwargs):
+    """transformers' scheduler named like ``fn`` on a real torch optimizer with lr ``peak``."""
     torch = reference("torch")
     hf = reference("transformers.optimization")
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scheduler = getattr(hf, fn.__name__)(optimizer, **kwargs)
+        return optimizer, getattr(hf, fn.__name__)(optimizer, **kwargs)
+
+
+def hf_lrs(fn, peak, n, **kwargs):
+    optimizer, scheduler = hf_scheduler(fn, peak, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         out = []
         for _ in range(n):
             out.append(optimizer.param_groups[0]["lr"])
@@ -219,12 +226,7 @@ def test_live_against_transformers(fn):
 
 
 def hf_lambda(fn, peak, **kwargs):
-    torch = reference("torch")
-    hf = reference("transformers.optimization")
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        scheduler = getattr(hf, fn.__name__)(optimizer, **kwargs)
+    _, scheduler = hf_scheduler(fn, peak, **kwargs)
     return lambda s: peak * scheduler.lr_lambdas[0](s)
 
 
