@@ -101,6 +101,11 @@ def _funcopt_adamw():
     return funcopt.adamw(LR, eps=EPS, weight_decay=WD)
 
 
+def _funcopt_fused_adamw():
+    import funcopt
+    return funcopt.fused_adamw(LR, eps=EPS, weight_decay=WD)
+
+
 def _funcopt_awd():
     import funcopt
     return funcopt.adam_weight_decay(LR, eps=EPS, weight_decay_rate=WD)
@@ -141,6 +146,7 @@ def _hf_adafactor(params):
 
 PEERS = {p.name: p for p in [
     Peer("funcopt.adamw", "adamw", "jax", _funcopt_adamw),
+    Peer("funcopt.fused_adamw", "adamw", "jax", _funcopt_fused_adamw),
     Peer("funcopt.adam_weight_decay", "adamw", "jax", _funcopt_awd),
     Peer("optax.adamw", "adamw", "jax", _optax_adamw),
     Peer("torch.AdamW(fused)", "adamw", "torch", _torch_adamw("fused")),
@@ -157,6 +163,9 @@ COMPARISONS = [
     ("funcopt.adamw", "torch.AdamW(fused)", 1.25),
     ("funcopt.adamw", "transformers.AdamW", None),
     ("funcopt.adamw", "torch.AdamW(foreach)", None),
+    ("funcopt.fused_adamw", "optax.adamw", 1.0),
+    ("funcopt.fused_adamw", "torch.AdamW(fused)", 1.25),
+    ("funcopt.fused_adamw", "transformers.AdamW", None),
     ("funcopt.adam_weight_decay", "optax.adamw", None),
     ("funcopt.adam_weight_decay", "torch.AdamW(fused)", None),
     ("funcopt.adafactor", "optax.adafactor", 1.0),
@@ -165,7 +174,8 @@ COMPARISONS = [
 
 
 class JaxRunner:
-    """A donated, ahead-of-time compiled ``update`` + ``apply_updates`` step."""
+    """A donated, ahead-of-time compiled ``update`` + ``apply_updates`` step (or a
+    :class:`funcopt.FusedOptimizer`'s ``step``, which is both)."""
 
     def __init__(self, peer: Peer, params_np, grads):
         import jax
@@ -175,6 +185,8 @@ class JaxRunner:
         opt = peer.make()
 
         def step(params, state, grads):
+            if hasattr(opt, "step"):  # a FusedOptimizer
+                return opt.step(grads, state, params)
             updates, state = opt.update(grads, state, params)
             return optax.apply_updates(params, updates), state
 

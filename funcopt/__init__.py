@@ -14,6 +14,8 @@ The bridges (``funcopt.torch``, ``funcopt.tensorflow``) are imported explicitly,
 # Optimizers and their states.
 from funcopt._adamw import AdamWState as AdamWState
 from funcopt._adamw import adamw as adamw
+from funcopt._fused_adamw import FusedOptimizer as FusedOptimizer
+from funcopt._fused_adamw import fused_adamw as fused_adamw
 from funcopt._adafactor import AdafactorState as AdafactorState
 from funcopt._adafactor import adafactor as adafactor
 from funcopt._adafactor import adafactor_learning_rates as adafactor_learning_rates
@@ -62,7 +64,8 @@ from funcopt._accumulation import gradient_accumulation as gradient_accumulation
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdamWState", "adamw", "AdafactorState", "adafactor", "adafactor_learning_rates",
+    "AdamWState", "adamw", "FusedOptimizer", "fused_adamw",
+    "AdafactorState", "adafactor", "adafactor_learning_rates",
     "AdamWeightDecayState", "adam_weight_decay", "create_optimizer",
     "name_mask", "param_names",
     "get_constant_schedule", "get_constant_schedule_with_warmup",

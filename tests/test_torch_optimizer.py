@@ -25,6 +25,7 @@ from torch_model import (  # noqa: F401  (one_torch_thread: an autouse fixture)
 
 import funcopt
 import funcopt.torch
+from funcopt import _fused_adamw
 from funcopt.torch import _update
 
 TOL = 1e-6  # max |difference| / max |weight|
@@ -111,6 +112,36 @@ def test_bfloat16_parameters(case):
                 assert value.dtype == ref_opt.state[p_ref][key].dtype == state_dtype
 
 
+def test_fused_kernel_in_place_and_the_parameters_it_cannot_take():
+    """float32 CPU parameters go through funcopt's fused kernel, written in place in torch's
+    memory; a misaligned view (which JAX must copy) and a bf16 parameter in the same group take
+    the XLA path and the write-back. All end where transformers.AdamW ends."""
+
+    def make():
+        g = torch.Generator().manual_seed(0)
+        base = torch.randn(1001, generator=g)
+        return [torch.nn.Parameter(torch.randn(300, 250, generator=g)),  # 75k: several blocks
+                torch.nn.Parameter(base[1:]),  # 4 bytes past an aligned start
+                torch.nn.Parameter(torch.randn(33, generator=g).bfloat16())]
+
+    ref, ours = make(), make()
+    ref_opt, opt = hf_adamw(ref, **ADAMW), funcopt.torch.AdamW(ours, **ADAMW)
+    pointers = [p.data_ptr() for p in ours]
+    external = _update.external_params(funcopt.adamw, ours, map(opt._param_view, ours))
+    assert external == (True, False, False) or not _fused_adamw.kernel_available()
+    for step in range(5):
+        for params, o in ((ref, ref_opt), (ours, opt)):
+            for k, p in enumerate(params):
+                p.grad = (torch.linspace(-1, 1, p.numel()) * (k + step + 1)).reshape(
+                    p.shape).to(p.dtype)
+            o.step()
+    assert [p.data_ptr() for p in ours] == pointers
+    for a, b in zip(ref[:2], ours[:2], strict=True):
+        assert rel_diff(a.detach().flatten(), b.detach().flatten()) < TOL
+    assert rel_diff(ref[2].detach().float(), ours[2].detach().float()) <= BF16_ULP
+    assert ours[0]._version > 0  # autograd sees the in-place update
+
+
 def test_generic_optimizer_is_the_dropin():
     """Optimizer(params, funcopt.adamw, ...) with funcopt's names gives the drop-in's numbers,
     bit for bit; its groups carry funcopt's hyperparameter names and defaults."""
@@ -159,9 +190,11 @@ def test_learning_rate_changes_never_recompile():
                                            num_training_steps=12)
     train(model, opt, 1, scheduler)
     traces = _update.trace_count()
+    params = opt.param_groups[0]["params"]
+    external = _update.external_params(funcopt.adamw, params, map(opt._param_view, params))
     fn = _update.compiled_update(funcopt.adamw, opt._layout, _update.static_key(
         {k: v for k, v in opt._config(opt.param_groups[0]).items() if k != "learning_rate"}),
-        False)
+        False, external)
     compiled = fn._cache_size()
     lrs = set()
     for _ in range(6):

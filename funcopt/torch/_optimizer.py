@@ -168,18 +168,23 @@ class Optimizer(torch.optim.Optimizer):
         steps = [self._step_of(p) for p in params]
         states = [self._jax_state(p, self.state[p], config) if step else None
                   for p, step in zip(params, steps, strict=True)]
-        scratch = [self._scratch.pop(p, None) for p in params]
+        views = [self._param_view(p) for p in params]
+        external = _update.external_params(self._optimizer_fn, params, views)
+        scratch = [None if outside else self._scratch.pop(p, None)
+                   for p, outside in zip(params, external, strict=True)]
         scratch = [s if _reusable(s, p) else None for s, p in zip(scratch, params, strict=True)]
         fresh = [i for i, (s, z) in enumerate(zip(states, scratch, strict=True))
-                 if s is None or z is None]
+                 if s is None or (z is None and not external[i])]
         if fresh:  # zero state and scratch memory, from a small computation of their own
             init = _update.compiled_init(self._optimizer_fn, self._layout, static, lr is None)
             zero_states, zeros = init([_dlpack.to_jax(params[i]) for i in fresh])
             for i, zero_state, zero in zip(fresh, zero_states, zeros, strict=True):
                 states[i] = zero_state if states[i] is None else states[i]
-                scratch[i] = zero if scratch[i] is None else scratch[i]
-        fn = _update.compiled_update(self._optimizer_fn, self._layout, static, lr is None)
-        inputs = [self._param_view(p) for p in params], [_dlpack.to_jax(p.grad) for p in params]
+                if not external[i]:
+                    scratch[i] = zero if scratch[i] is None else scratch[i]
+        fn = _update.compiled_update(self._optimizer_fn, self._layout, static, lr is None,
+                                     external)
+        inputs = views, [_dlpack.to_jax(p.grad) for p in params]
         # Drop our torch views of the state so that JAX may donate (reuse) its buffers.
         for p, step, state in zip(params, steps, states, strict=True):
             if step:
@@ -192,10 +197,13 @@ class Optimizer(torch.optim.Optimizer):
                 if step and not any(a.is_deleted() for a in state.values()):
                     self._install(p, step, state)
             raise
-        del inputs  # JAX is done reading the torch parameters and gradients
+        del inputs, views  # JAX is done reading the torch parameters and gradients
         for p, step, new_p, new_state in zip(params, steps, new_params, new_states, strict=True):
-            _dlpack.write(p, new_p)
-            self._scratch[p] = new_p
+            if new_p is None:  # updated in place by the fused kernel
+                torch.autograd.graph.increment_version(p)
+            else:
+                _dlpack.write(p, new_p)
+                self._scratch[p] = new_p
             self._install(p, min(step + 1, 2**31 - 1), new_state)
 
     # -- state ----------------------------------------------------------------------------

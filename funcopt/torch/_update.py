@@ -18,6 +18,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import funcopt
+from funcopt import _fused_adamw
+
 _traces = 0
 
 
@@ -62,22 +65,49 @@ def compiled_init(optimizer_fn, layout, static: tuple, lr_is_none: bool):
 
 
 @functools.lru_cache(maxsize=256)
-def compiled_update(optimizer_fn, layout, static: tuple, lr_is_none: bool):
+def compiled_update(optimizer_fn, layout, static: tuple, lr_is_none: bool, external: tuple):
     """The jitted ``(lr, steps, params, grads, scratch, states) -> (new_params, new_states)``;
-    ``scratch`` holds one array per parameter, ``states`` one dict of arrays per parameter
-    (``layout``'s keys), both donated. (JAX pairs donated inputs with outputs of the same
-    shape in order, so this order gives each state array its own buffer back.)"""
+    ``scratch`` holds one array per parameter (None for external ones), ``states`` one dict
+    of arrays per parameter (``layout``'s keys), both donated. (JAX pairs donated inputs with
+    outputs of the same shape in order, so this order gives each state array its own buffer
+    back.)
+
+    ``external`` (one bool per parameter, ``funcopt.adamw`` only): parameters whose JAX array
+    shares the torch tensor's memory and that funcopt's fused CPU kernel updates in place, as
+    torch's own optimizers do; their ``new_params`` entries are None. See
+    :func:`external_params`."""
 
     def update(lr, steps, params, grads, scratch, states):
         global _traces
         _traces += 1
         del scratch  # donated only, so that XLA reuses its memory for the new parameters
-        tx = _transformation(optimizer_fn, static, None if lr_is_none else lr)
+        lr = None if lr_is_none else lr
         treedef = jax.tree.structure(list(params))
         state = layout.to_state(
             treedef, jnp.zeros([], jnp.int32), [steps[i] for i in range(len(params))], states
         )
-        updates, new_state = tx.update(list(grads), state, list(params))
-        return optax.apply_updates(list(params), updates), layout.from_state(new_state, treedef)[1]
+        if any(external):
+            # funcopt.fused_adamw's step (bitwise funcopt.adamw's): one pass over p, g, m, v.
+            hyper = _fused_adamw._hyper(learning_rate=lr, **dict(static))
+            new_params, new_state = _fused_adamw._step(
+                hyper, list(grads), state, list(params), external=external)
+        else:
+            tx = _transformation(optimizer_fn, static, lr)
+            updates, new_state = tx.update(list(grads), state, list(params))
+            new_params = optax.apply_updates(list(params), updates)
+        return new_params, layout.from_state(new_state, treedef)[1]
 
     return jax.jit(update, donate_argnames=("states", "scratch"), keep_unused=True)
+
+
+def external_params(optimizer_fn, params, views) -> tuple:
+    """Which parameters the fused AdamW kernel may update in place: float32 CPU tensors whose
+    JAX view shares their memory (not a copy), when the optimizer is ``funcopt.adamw`` and the
+    kernel is available (``funcopt.fused_adamw``)."""
+    if optimizer_fn is not funcopt.adamw or not _fused_adamw.kernel_available():
+        return (False,) * len(params)
+    return tuple(
+        p.device.type == "cpu" and view.dtype == jnp.float32
+        and view.unsafe_buffer_pointer() == p.data_ptr()
+        for p, view in zip(params, views, strict=True)
+    )
