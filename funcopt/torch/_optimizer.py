@@ -24,8 +24,10 @@ class Optimizer(torch.optim.Optimizer):
     ``optimizer_fn``'s defaults, and every param group may override any of them.
 
     Each ``step()`` runs, for every param group, one jitted call of ``optimizer_fn``'s update
-    on all the group's parameters that have a gradient, and writes the results back into the
-    parameters in place (``Tensor.copy_``: storage, views and tied weights are kept).
+    on all the group's parameters that have a gradient, and updates the parameters in place
+    (storage, views and tied weights are kept): ``funcopt.adamw`` on float32 CPU parameters
+    runs ``funcopt.fused_adamw``'s kernel directly on the parameters' memory; other
+    parameters get the jitted result copied back.
     Parameters whose ``.grad`` is None are skipped exactly as torch skips them: no state is
     created, their step does not advance and no weight decay touches them. Tensors enter JAX
     through DLPack without copies; the state lives in JAX memory that is donated to, and
@@ -45,9 +47,10 @@ class Optimizer(torch.optim.Optimizer):
     accepts the reference classes' state dicts (keeping float32 Adafactor state for bf16
     parameters, which torch's own loader would round to bf16).
 
-    Performance: one jitted call and one pass of memcpy per group and step, no allocation in
-    steady state (the state and a scratch copy of the parameters, which costs the
-    parameters' memory once more, are donated and reused). On a CPU,
+    Performance: one jitted call per group and step, no allocation in steady state (the state
+    is donated and reused; parameters that are copied back also keep a donated scratch array
+    of their size). With ``funcopt.adamw`` on float32 CPU parameters the step reads and writes
+    each parameter and moment once, like torch's fused AdamW. On a CPU,
     torch's OpenMP threads and XLA's thread pool spin-wait for each other after their own
     work; with small models this dominates the step, and ``OMP_WAIT_POLICY=PASSIVE`` in the
     environment (set before torch is imported) removes torch's half of it.

@@ -8,6 +8,10 @@ so neither a scheduler nor the step count ever recompiles.
 Donation: the state arrays and a scratch array per parameter (the previous step's output,
 already copied into the torch parameter) are donated, so in steady state XLA writes the new
 state and the new parameters into memory it already owns instead of allocating.
+
+``funcopt.adamw`` on float32 CPU parameters takes ``funcopt.fused_adamw``'s kernel instead,
+which updates the torch parameters' own memory in place (:func:`external_params`): no scratch,
+no copy back.
 """
 
 from __future__ import annotations
