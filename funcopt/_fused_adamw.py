@@ -3,7 +3,9 @@ on CPU, bitwise equal to the two of them."""
 
 from __future__ import annotations
 
+import functools
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -66,9 +68,18 @@ def fused_adamw(
     the XLA path: same numbers, only slower. ``FUNCOPT_DISABLE_KERNELS=1`` forces it.
 
     Donate the parameters and the state to the ``jit`` that runs the step (``donate_argnums``)
-    so that the kernel writes into their buffers; otherwise XLA copies them first. The kernel
-    is opaque to XLA's SPMD partitioner: for parameters sharded over several devices use
-    :func:`funcopt.adamw` (or call the step inside ``jax.shard_map``).
+    so that the kernel writes into their buffers; otherwise XLA copies them first. Before its
+    first use the kernel is checked bit for bit against the XLA path (subnormals included) and
+    refused, with a warning, if this machine's compiler made it round differently.
+
+    Limits: the kernel is opaque to XLA's SPMD partitioner, so under a multi-device mesh
+    (``jax.set_mesh``, or parameters typed with explicit mesh axes) the step takes the XLA path
+    and shards like :func:`funcopt.adamw`; parameters sharded with auto axes *outside*
+    ``jax.set_mesh`` cannot be detected while tracing and would be gathered onto every device:
+    use :func:`funcopt.adamw` there. Under ``vmap`` the kernel runs once per batch element.
+    ``step`` is not differentiable, and a ``FusedOptimizer`` is not a
+    ``GradientTransformation``: for ``optax.chain``, ``inject_hyperparams`` or ``MultiSteps``
+    use :func:`funcopt.adamw`, whose state is the same.
 
     Args: those of :func:`funcopt.adamw`, with the same checks.
 
@@ -112,42 +123,103 @@ def _xla_step(hyper, grads, state, params):
 def _step(hyper, grads, state, params, external=None):
     """The fused step.
 
-    ``external``: None, or one bool per leaf marking float32 parameters whose memory XLA does
-    not own (torch tensors imported through DLPack, never copied): the CPU kernel updates those
-    in place, and their entries of the returned parameters are None. The caller guarantees
-    that such a leaf is float32 on the CPU and that the kernel is available
-    (:func:`kernel_available`).
+    ``external``: None, or ``(flags, addresses)``: one bool per leaf marking float32 CPU
+    parameters whose memory XLA does not own (torch tensors imported through DLPack, never
+    copied), which the kernel updates in place (their entries of the returned parameters are
+    None), and a uint32 array of their data pointers (low, high 32 bits each), which the kernel
+    checks so that it never updates a copy. The caller guarantees that the kernel is available
+    (:func:`kernel_available`) and that flagged leaves are float32, shaped like their
+    gradients and moments.
     """
     if params is None:
         raise ValueError("fused_adamw's step needs the parameters: step(grads, state, params).")
-    target = _kernels.target("adamw", "FuncoptAdamWF32")
     if external is not None:
-        return _kernel_step(target, hyper, grads, state, params, external)
-    if target is None:
+        return _kernel_step(_target(), hyper, grads, state, params, external)
+    if jax.default_backend() != "cpu" or not _unsharded(params) or _target() is None:
         return _xla_step(hyper, grads, state, params)
 
     def cpu_step(grads, state, params):
-        return _kernel_step(target, hyper, grads, state, params, None)
+        return _kernel_step(_target(), hyper, grads, state, params, None)
 
     return jax.lax.platform_dependent(
         grads, state, params, cpu=cpu_step, default=lambda *a: _xla_step(hyper, *a)
     )
 
 
+def _unsharded(params) -> bool:
+    """False when the step is traced under a multi-device mesh (``jax.set_mesh``) or for
+    parameters whose type carries a sharding (explicit mesh axes): the custom call is opaque to
+    XLA's SPMD partitioner, which would gather the leaves onto every device."""
+    try:
+        mesh = jax.sharding.get_abstract_mesh()
+        if not mesh.empty and mesh.size > 1:
+            return False
+        for leaf in jax.tree.leaves(params):
+            spec = getattr(getattr(jax.typeof(leaf), "sharding", None), "spec", None)
+            if spec is not None and any(axis is not None for axis in spec):
+                return False
+    except AttributeError:  # a JAX without these APIs: nothing to detect
+        pass
+    return True
+
+
+@functools.cache
+def _target() -> str | None:
+    """The registered kernel, built on first use and checked bit for bit against the XLA
+    path on awkward values (a compiler whose flags break IEEE arithmetic is refused)."""
+    target = _kernels.target("adamw", "FuncoptAdamWF32")
+    if target is None:
+        return None
+    with jax.ensure_compile_time_eval():  # concrete, even when first called while tracing
+        return target if _same_as_xla(target) else None
+
+
+def _same_as_xla(target) -> bool:
+    """Whether the kernel gives the XLA path's bits on awkward values (subnormals, zeros of
+    both signs, overflow), with decay on and off, over several blocks."""
+    rng = np.random.default_rng(0)
+    scale = np.float32([1.0, 1e-3, 1e-20, 1e-38, 1e-39, 0.0, -0.0, 3e38])
+    params = {"w": jnp.asarray(rng.standard_normal(3 * 2**16 + 5).astype(np.float32)),
+              "b": jnp.asarray(scale)}
+    grads = {"w": params["w"][::-1] * 0.01, "b": jnp.asarray(scale[::-1])}
+    state = _adamw._init(params)
+    hyper = _hyper(learning_rate=1e-2, weight_decay=0.1)
+    for h in (hyper, hyper._replace(mask={"w": True, "b": False})):
+        ours = jax.jit(functools.partial(_kernel_step, target, h, external=None))
+        xla = jax.jit(functools.partial(_xla_step, h))
+        pairs = zip(jax.tree.leaves(ours(grads, state, params)),
+                    jax.tree.leaves(xla(grads, state, params)), strict=True)
+        if not all(np.array_equal(a, b, equal_nan=True) for a, b in pairs):
+            warnings.warn(
+                "funcopt's adamw CPU kernel, as this machine's compiler built it, does not "
+                "round like XLA, so fused_adamw uses the XLA path (same numbers, slower).",
+                RuntimeWarning, stacklevel=5,
+            )
+            return False
+    return True
+
+
 def kernel_available() -> bool:
-    """Whether the CPU kernel is built and registered (building it on first call)."""
-    return _kernels.target("adamw", "FuncoptAdamWF32") is not None
+    """Whether the CPU kernel is built, checked and registered (building it on first call)."""
+    return _target() is not None
+
+
+def _fast(leaf) -> bool:
+    g, m, v, p, _, _ = leaf
+    return p.dtype == m.dtype == v.dtype == f32 and p.shape == g.shape == m.shape == v.shape
 
 
 def _kernel_step(target, hyper, grads, state, params, external):
     plan = _adamw._plan(hyper, grads, state, params)
     if external is None:  # every float32 leaf through the kernel, in XLA-owned memory
-        fast = [i for i, (_, m, _, p, _, _) in enumerate(plan.leaves)
-                if p.dtype == f32 and m.dtype == f32]
+        fast = [i for i, leaf in enumerate(plan.leaves) if _fast(leaf)]
+        addresses = jnp.zeros([0], jnp.uint32)
     else:
-        fast = [i for i, outside in enumerate(external) if outside]
+        flags, addresses = external
+        fast = [i for i, outside in enumerate(flags) if outside]
     # Other leaves (bf16 or fp16 parameters and moments) take the XLA path.
-    out = [None if i in fast else _adamw._leaf(hyper, plan, *leaf)
+    slow = set(range(len(plan.leaves))) - set(fast)
+    out = [_adamw._leaf(hyper, plan, *leaf) if i in slow else None
            for i, leaf in enumerate(plan.leaves)]
     new_p = [None if o is None else optax.apply_updates(leaf[3], o[0])
              for leaf, o in zip(plan.leaves, out, strict=True)]
@@ -164,17 +236,19 @@ def _kernel_step(target, hyper, grads, state, params, external):
             g, m, v, p, _, _ = plan.leaves[i]
             operands += [p, g.astype(f32), m, v]
             results += [jax.ShapeDtypeStruct(p.shape, f32)] * per_leaf
-            # Operands 0 and 1 are the coefficients and the step sizes.
-            p_at, m_at, v_at = (2 + 4 * k + j for j in (0, 2, 3))
+            # Operands 0-2 are the coefficients, the step sizes and the addresses.
+            p_at, m_at, v_at = (3 + 4 * k + j for j in (0, 2, 3))
             if external:
                 aliases |= {m_at: 2 * k, v_at: 2 * k + 1}
             else:
                 aliases |= {p_at: 3 * k, m_at: 3 * k + 1, v_at: 3 * k + 2}
         decays = np.array([plan.leaves[i][5] for i in fast], np.int64)
         # (External parameters need no has_side_effect: the call's m' and v' are always used,
-        # and effects would take jit's C++ fast path away.)
-        kernel = jax.ffi.ffi_call(target, results, input_output_aliases=aliases)
-        flat = kernel(coefficients, step_sizes, *operands, decays=decays,
+        # and effects would take jit's C++ fast path away.) Under vmap the kernel runs once per
+        # batch element.
+        kernel = jax.ffi.ffi_call(target, results, input_output_aliases=aliases,
+                                  vmap_method="sequential")
+        flat = kernel(coefficients, step_sizes, addresses, *operands, decays=decays,
                       param_results=not external)
         for k, i in enumerate(fast):
             if not external:

@@ -20,15 +20,16 @@ import optax
 import pytest
 
 import funcopt
-from funcopt import _fused_adamw
+from funcopt import _adamw, _fused_adamw
 
 HAS_COMPILER = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
 W0, TARGET = [0.1, -0.2, -0.1], [0.4, 0.2, -0.5]
 
 # A scalar, an empty leaf, vectors, a leaf of 4 kernel blocks (2**16 elements each, so the
-# pool threads share it), a 3-D leaf and bf16 leaves (those take the XLA path).
-SHAPES = {"scalar": (), "empty": (0, 3), "vec": (7,), "big": (700, 300), "cube": (2, 3, 4),
-          "mat": (5, 6), "bf16_mat": (4, 5), "bf16_vec": (9,)}
+# pool threads share it), one of exactly 2 blocks, a 3-D leaf and bf16 leaves (those take the
+# XLA path).
+SHAPES = {"scalar": (), "empty": (0, 3), "vec": (7,), "big": (700, 300), "blocks": (256, 512),
+          "cube": (2, 3, 4), "mat": (5, 6), "bf16_mat": (4, 5), "bf16_vec": (9,)}
 
 CONFIGS = [
     dict(learning_rate=1e-2),
@@ -117,6 +118,67 @@ def test_compiled_step_calls_the_kernel_once_in_place():
     # counters (a few bytes each) may land elsewhere, and no scratch is needed.
     assert memory.output_size_in_bytes - memory.alias_size_in_bytes < 1024
     assert memory.temp_size_in_bytes < 4096
+
+
+def test_vmap_runs_the_kernel_per_batch_element():
+    params, grads = make_problem(steps=1)
+    params = {k: v for k, v in params.items() if k in ("vec", "mat", "bf16_vec")}
+    batch = lambda t, k: jax.tree.map(lambda x: jnp.stack([x, x * k]), t)
+    kwargs = dict(learning_rate=1e-2, weight_decay=0.1)
+    opt, tx = funcopt.fused_adamw(**kwargs), funcopt.adamw(**kwargs)
+    p, g = batch(params, 2.0), batch({k: grads[0][k] for k in params}, -1.0)
+    ours = jax.jit(jax.vmap(opt.step))(g, jax.vmap(opt.init)(p), p)
+
+    def reference(g, s, p):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    assert_bitwise(ours, jax.jit(jax.vmap(reference))(g, jax.vmap(tx.init)(p), p))
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="needs the kernel")
+def test_external_parameters_are_checked_not_copied():
+    """The torch bridge's mode: the kernel writes parameters XLA does not own, and refuses to
+    run if what it was handed is not the memory it was told about."""
+    hyper = _fused_adamw._hyper(learning_rate=1e-2)
+    params = {"w": jnp.ones(8)}
+    state = _adamw._init(params)
+    step = jax.jit(lambda g, s, p, a: _fused_adamw._step(hyper, g, s, p, external=((True,), a)))
+    wrong = np.zeros(2, np.uint32)
+    with pytest.raises(Exception, match="copy of an external parameter"):
+        jax.block_until_ready(step({"w": jnp.ones(8)}, state, params, wrong))
+
+
+SHARDED = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, jax.numpy as jnp, numpy as np, optax, funcopt
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    kw = dict(learning_rate=1e-2, weight_decay=0.1)
+    opt, tx = funcopt.fused_adamw(**kw), funcopt.adamw(**kw)
+    w = jnp.linspace(-1, 1, 8 * 6, dtype=jnp.float32).reshape(8, 6)
+    for axis_type in (jax.sharding.AxisType.Explicit, jax.sharding.AxisType.Auto):
+        mesh = jax.make_mesh((4,), ("x",), axis_types=(axis_type,))
+        with jax.set_mesh(mesh):
+            p = {"w": jax.device_put(w, NamedSharding(mesh, P("x")))}
+            g = jax.tree.map(lambda x: x[::-1] * 0.1, p)
+            step = jax.jit(lambda p, s: opt.step(g, s, p))
+            s = jax.jit(opt.init)(p)
+            hlo = step.lower(p, s).compile().as_text()
+            a, _ = step(p, s)
+            b = jax.jit(lambda p, s: optax.apply_updates(p, tx.update(g, s, p)[0]))(p, s)
+            print(axis_type.name, "all-gather" in hlo, "FuncoptAdamW" in hlo,
+                  a["w"].sharding.spec, bool((np.asarray(a["w"]) == np.asarray(b["w"])).all()))
+""")
+
+
+def test_sharded_parameters_take_the_partitionable_xla_path():
+    result = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.split("\n")
+    assert lines[:2] == ["Explicit False False P('x', None) True",
+                         "Auto False False P('x',) True"]
 
 
 def test_golden_test_problem(golden_pt):
@@ -208,3 +270,23 @@ def test_fresh_build_into_an_empty_cache(tmp_path):
     mtime = built[0].stat().st_mtime_ns
     assert run_fallback(tmp_path) == "kernel True []"  # reused, not rebuilt
     assert built[0].stat().st_mtime_ns == mtime
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="needs a C++ compiler")
+def test_a_kernel_that_rounds_differently_is_refused(tmp_path, monkeypatch):
+    """The check run before the kernel is first used has teeth: a variant that rounds the
+    decay's product before adding (one ulp apart, now and then) is caught and not used."""
+    from funcopt import _kernels
+
+    source = (_kernels._HERE / "adamw.cc").read_text()
+    fused = "std::fma(c.decay, new_p, new_p)"
+    assert fused in source
+    (tmp_path / "adamw_unfused.cc").write_text(source.replace(fused, "(c.decay * new_p + new_p)"))
+    monkeypatch.setattr(_kernels, "_HERE", tmp_path)
+    monkeypatch.setenv("FUNCOPT_CACHE_DIR", str(tmp_path / "cache"))
+    library = _kernels._load("adamw_unfused", _kernels._compiler())
+    jax.ffi.register_ffi_target("funcopt_test_unfused",
+                                jax.ffi.pycapsule(library.FuncoptAdamWF32), platform="cpu")
+    with pytest.warns(RuntimeWarning, match="does not round like XLA"):
+        assert not _fused_adamw._same_as_xla("funcopt_test_unfused")
+    assert _fused_adamw._same_as_xla(_fused_adamw._target())

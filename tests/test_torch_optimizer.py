@@ -9,7 +9,10 @@ side, torch's kernels on the other); TOL leaves a 10x margin.
 
 import copy
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from torch_model import (  # noqa: F401  (one_torch_thread: an autouse fixture)
     batch,
@@ -26,7 +29,7 @@ from torch_model import (  # noqa: F401  (one_torch_thread: an autouse fixture)
 import funcopt
 import funcopt.torch
 from funcopt import _fused_adamw
-from funcopt.torch import _update
+from funcopt.torch import _dlpack, _update
 
 TOL = 1e-6  # max |difference| / max |weight|
 STEPS = 10
@@ -129,17 +132,37 @@ def test_fused_kernel_in_place_and_the_parameters_it_cannot_take():
     pointers = [p.data_ptr() for p in ours]
     external = _update.external_params(funcopt.adamw, ours, map(opt._param_view, ours))
     assert external == (True, False, False) or not _fused_adamw.kernel_available()
+    grad = lambda p, k: np.linspace(-1, 1, p.numel(), dtype=np.float32).reshape(
+        p.shape) * np.float32(k)  # the same float32 numbers for torch and JAX
     for step in range(5):
         for params, o in ((ref, ref_opt), (ours, opt)):
             for k, p in enumerate(params):
-                p.grad = (torch.linspace(-1, 1, p.numel()) * (k + step + 1)).reshape(
-                    p.shape).to(p.dtype)
+                p.grad = torch.from_numpy(grad(p, k + step + 1)).to(p.dtype)
             o.step()
     assert [p.data_ptr() for p in ours] == pointers
     for a, b in zip(ref[:2], ours[:2], strict=True):
         assert rel_diff(a.detach().flatten(), b.detach().flatten()) < TOL
     assert rel_diff(ref[2].detach().float(), ours[2].detach().float()) <= BF16_ULP
     assert ours[0]._version > 0  # autograd sees the in-place update
+
+    # Bit for bit what funcopt.adamw + apply_updates give in JAX, kernel or not.
+    tx = funcopt.adamw(1e-2, b1=0.9, b2=0.99, eps=1e-6, weight_decay=0.1)
+    jax_params = [jnp.asarray(p.detach().float().numpy()).astype(
+        jnp.bfloat16 if p.dtype == torch.bfloat16 else jnp.float32) for p in make()]
+    state = tx.init(jax_params)
+    step = jax.jit(lambda g, s, p: (lambda u, s: (optax.apply_updates(p, u), s))(
+        *tx.update(g, s, p)))
+    for step_ in range(5):
+        grads = [jnp.asarray(grad(p, k + step_ + 1)).astype(q.dtype)
+                 for k, (p, q) in enumerate(zip(ours, jax_params, strict=True))]
+        jax_params, state = step(grads, state, jax_params)
+    for p, q in zip(ours, jax_params, strict=True):
+        np.testing.assert_array_equal(p.detach().float().numpy(), np.asarray(q, np.float32))
+
+    a = torch.nn.Parameter(torch.randn(64))
+    b = torch.nn.Parameter(a.detach())  # another parameter on the same storage
+    assert _update.external_params(funcopt.adamw, [a, b], map(_dlpack.to_jax, [a, b])) == (
+        False, False)  # torch updates those one after the other: not concurrently
 
 
 def test_generic_optimizer_is_the_dropin():

@@ -31,7 +31,8 @@ _HERE = Path(__file__).parent
 # kernels round exactly like the XLA expressions they replace. -fno-math-errno lets sqrt
 # vectorize (it does not change its result). -march=native: built where it runs (the cache key
 # includes the CPU), for the FMA and vector units.
-_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno"]
+_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-fast-math", "-ffp-contract=off",
+          "-fno-math-errno"]
 if platform.machine().lower() in ("x86_64", "amd64"):
     _FLAGS.append("-march=native")
 
@@ -59,27 +60,45 @@ def _cache_dir() -> Path:
     return Path(base) / "funcopt"
 
 
-def _build(name: str, compiler: str) -> Path:
+def _build(name: str, compiler: str, cache: Path) -> Path:
     source = _HERE / f"{name}.cc"
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(
         "\0".join([source.read_text(), " ".join(_FLAGS), version, jaxlib.__version__,
                    _cpu_fingerprint()]).encode()
     ).hexdigest()[:16]
-    library = _cache_dir() / f"{name}-{key}.so"
+    library = cache / f"{name}-{key}.so"
     if library.exists():
         return library
-    library.parent.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
     # Build under a temporary name, then rename: concurrent processes never see half a file.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=library.parent)
+    fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=cache)
     os.close(fd)
-    command = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(source), "-o", tmp]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        os.unlink(tmp)
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
-    os.replace(tmp, library)
+    try:
+        command = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(source), "-o", tmp]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
+        os.chmod(tmp, 0o755)  # mkstemp's 0600 would lock other users of a shared cache out
+        os.replace(tmp, library)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return library
+
+
+def _load(name: str, compiler: str) -> ctypes.CDLL:
+    """Builds (or finds) and loads the library: in the cache directory, or in a temporary one
+    if that is not writable; a cached file that does not load is rebuilt once."""
+    try:
+        library = _build(name, compiler, _cache_dir())
+    except OSError:
+        library = _build(name, compiler, Path(tempfile.mkdtemp(prefix="funcopt-")))
+    try:
+        return ctypes.cdll.LoadLibrary(str(library))
+    except OSError:
+        library.unlink(missing_ok=True)
+        return ctypes.cdll.LoadLibrary(str(_build(name, compiler, library.parent)))
 
 
 @functools.cache
@@ -93,7 +112,7 @@ def target(name: str, symbol: str) -> str | None:
     try:
         if compiler is None:
             raise RuntimeError("no C++ compiler found (tried $CXX, c++, g++, clang++)")
-        library = ctypes.cdll.LoadLibrary(str(_build(name, compiler)))
+        library = _load(name, compiler)
         registered = f"funcopt_{symbol}"
         jax.ffi.register_ffi_target(registered, jax.ffi.pycapsule(getattr(library, symbol)),
                                     platform="cpu")

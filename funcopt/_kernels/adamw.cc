@@ -6,7 +6,7 @@
 // over all float32 leaves in one call, split into blocks over XLA's intra-op thread pool.
 //
 // The arithmetic is `funcopt.adamw`'s, operation for operation, so the results are bitwise
-// equal to the jitted XLA path (which is what `tests/test_fused.py` checks):
+// equal to the jitted XLA path (which is what `tests/test_fused_adamw.py` checks):
 //   m' = fma(1 - b1, g, m * b1)                       torch: exp_avg.mul_(b1).add_(g, alpha=1-b1)
 //   v' = fma((1 - b2) * g, g, v * b2)                 torch: exp_avg_sq.mul_(b2).addcmul_(g, g, ...)
 //   u  = (-step_size * m') / (sqrt(v') + eps)         torch: p.addcdiv_(m', denom, value=-step_size)
@@ -17,11 +17,13 @@
 // subnormals to zero; the pool threads then do the same).
 //
 // Buffers: arguments `coefficients` f32[6] = (b1, 1 - b1, b2, 1 - b2, eps, decay),
-// `step_sizes` f32[L], then (p, g, m, v) for each of the L leaves. p, m and v are updated in
-// place. Results, per leaf: (p', m', v') aliasing (p, m, v) when the attribute
-// `param_results` is true (XLA owns the parameters); otherwise (m', v') only, and p is memory
-// XLA does not own (a torch tensor imported through DLPack) that this kernel writes as torch's
-// own optimizers do. Attribute `decays`: s64[L], 1 where a leaf decays.
+// `step_sizes` f32[L], `addresses` u32[2L] or u32[0], then (p, g, m, v) for each of the L
+// leaves. p, m and v are updated in place. Results, per leaf: (p', m', v') aliasing (p, m, v)
+// when the attribute `param_results` is true (XLA owns the parameters); otherwise (m', v')
+// only, and p is memory XLA does not own (a torch tensor imported through DLPack) that this
+// kernel writes as torch's own optimizers do; `addresses` then holds each such tensor's data
+// pointer (low and high 32 bits: JAX has no 64-bit integers by default), and the call fails rather than update a copy. Attribute `decays`: s64[L], 1 where
+// a leaf decays.
 
 #include <algorithm>
 #include <atomic>
@@ -49,6 +51,9 @@ static inline void FUNCOPT_SET_FP_CONTROL(FpControl fpcr) {
   __asm__ __volatile__("msr fpcr, %0" : : "r"(fpcr));
 }
 #else
+// Unknown control register: the pool threads could flush subnormals differently from the
+// calling thread, so everything runs on the calling thread.
+#define FUNCOPT_SINGLE_THREADED 1
 using FpControl = int;
 #define FUNCOPT_GET_FP_CONTROL() 0
 #define FUNCOPT_SET_FP_CONTROL(x) ((void)(x))
@@ -128,13 +133,15 @@ struct Work {
 };
 
 ffi::Error AdamWImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coefficients,
-                     ffi::Buffer<ffi::F32> step_sizes, ffi::RemainingArgs args,
+                     ffi::Buffer<ffi::F32> step_sizes, ffi::Buffer<ffi::U32> addresses,
+                     ffi::RemainingArgs args,
                      ffi::RemainingRets rets, ffi::Span<const int64_t> decays,
                      bool param_results) {
   const size_t n_leaves = step_sizes.element_count();
   const size_t per_leaf = param_results ? 3 : 2;
   if (coefficients.element_count() != 6 || args.size() != 4 * n_leaves ||
-      rets.size() != per_leaf * n_leaves || decays.size() != n_leaves) {
+      rets.size() != per_leaf * n_leaves || decays.size() != n_leaves ||
+      addresses.element_count() != (param_results ? 0 : 2 * n_leaves)) {
     return ffi::Error::InvalidArgument("funcopt_adamw_f32: inconsistent operand counts");
   }
   auto work = std::make_shared<Work>();
@@ -164,6 +171,13 @@ ffi::Error AdamWImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coefficients,
         return ffi::Error::InvalidArgument("funcopt_adamw_f32: results must alias operands");
       }
     }
+    if (!param_results) {
+      const uint32_t* a = addresses.typed_data() + 2 * i;
+      if (reinterpret_cast<uint64_t>(in[0]) != (uint64_t{a[1]} << 32 | uint64_t{a[0]})) {
+        return ffi::Error::Internal(
+            "funcopt_adamw_f32: XLA passed a copy of an external parameter; not updated");
+      }
+    }
     work->leaves.push_back({in[1], in[2], in[3], in[0], step_sizes.typed_data()[i],
                             decays[i] != 0});
     for (int64_t b = 0; b < n; b += kBlock) {
@@ -171,8 +185,12 @@ ffi::Error AdamWImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coefficients,
     }
   }
   const size_t n_units = work->units.size();
-  const size_t helpers =
-      std::min(n_units > 0 ? n_units - 1 : 0, static_cast<size_t>(std::max<int64_t>(0, pool.num_threads())));
+#ifdef FUNCOPT_SINGLE_THREADED
+  const size_t helpers = 0;
+#else
+  const size_t helpers = std::min(n_units > 0 ? n_units - 1 : 0,
+                                  static_cast<size_t>(std::max<int64_t>(0, pool.num_threads())));
+#endif
   for (size_t i = 0; i < helpers; ++i) pool.Schedule([work] { work->Run(); });
   work->Run();
   while (work->done.load(std::memory_order_acquire) < n_units) std::this_thread::yield();
@@ -186,6 +204,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FuncoptAdamWF32, AdamWImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // coefficients
                                   .Arg<ffi::Buffer<ffi::F32>>()  // step_sizes
+                                  .Arg<ffi::Buffer<ffi::U32>>()  // addresses
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<ffi::Span<const int64_t>>("decays")

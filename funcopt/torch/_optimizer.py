@@ -193,7 +193,8 @@ class Optimizer(torch.optim.Optimizer):
             if step:
                 self.state[p].update(dict.fromkeys(state))
         try:
-            new_params, new_states = fn(lr, np.asarray(steps, np.int32), *inputs, scratch, states)
+            new_params, new_states = fn(lr, np.asarray(steps, np.int32), *inputs, scratch, states,
+                                        _update.addresses(params, external))
             jax.block_until_ready((new_params, new_states))
         except Exception:
             for p, step, state in zip(params, steps, states, strict=True):

@@ -16,10 +16,12 @@ no copy back.
 
 from __future__ import annotations
 
+import collections
 import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import funcopt
@@ -70,7 +72,8 @@ def compiled_init(optimizer_fn, layout, static: tuple, lr_is_none: bool):
 
 @functools.lru_cache(maxsize=256)
 def compiled_update(optimizer_fn, layout, static: tuple, lr_is_none: bool, external: tuple):
-    """The jitted ``(lr, steps, params, grads, scratch, states) -> (new_params, new_states)``;
+    """The jitted ``(lr, steps, params, grads, scratch, states, addresses) -> (new_params,
+    new_states)``;
     ``scratch`` holds one array per parameter (None for external ones), ``states`` one dict
     of arrays per parameter (``layout``'s keys), both donated. (JAX pairs donated inputs with
     outputs of the same shape in order, so this order gives each state array its own buffer
@@ -78,10 +81,11 @@ def compiled_update(optimizer_fn, layout, static: tuple, lr_is_none: bool, exter
 
     ``external`` (one bool per parameter, ``funcopt.adamw`` only): parameters whose JAX array
     shares the torch tensor's memory and that funcopt's fused CPU kernel updates in place, as
-    torch's own optimizers do; their ``new_params`` entries are None. See
+    torch's own optimizers do; their ``new_params`` entries are None, and ``addresses``
+    (:func:`addresses`) holds their data pointers, which the kernel checks. See
     :func:`external_params`."""
 
-    def update(lr, steps, params, grads, scratch, states):
+    def update(lr, steps, params, grads, scratch, states, addresses):
         global _traces
         _traces += 1
         del scratch  # donated only, so that XLA reuses its memory for the new parameters
@@ -94,7 +98,7 @@ def compiled_update(optimizer_fn, layout, static: tuple, lr_is_none: bool, exter
             # funcopt.fused_adamw's step (bitwise funcopt.adamw's): one pass over p, g, m, v.
             hyper = _fused_adamw._hyper(learning_rate=lr, **dict(static))
             new_params, new_state = _fused_adamw._step(
-                hyper, list(grads), state, list(params), external=external)
+                hyper, list(grads), state, list(params), external=(external, addresses))
         else:
             tx = _transformation(optimizer_fn, static, lr)
             updates, new_state = tx.update(list(grads), state, list(params))
@@ -106,12 +110,22 @@ def compiled_update(optimizer_fn, layout, static: tuple, lr_is_none: bool, exter
 
 def external_params(optimizer_fn, params, views) -> tuple:
     """Which parameters the fused AdamW kernel may update in place: float32 CPU tensors whose
-    JAX view shares their memory (not a copy), when the optimizer is ``funcopt.adamw`` and the
-    kernel is available (``funcopt.fused_adamw``)."""
+    JAX view shares their memory (not a copy) and no other parameter's storage (torch would
+    update those one after the other), when the optimizer is ``funcopt.adamw`` and the kernel
+    is available (``funcopt.fused_adamw``)."""
     if optimizer_fn is not funcopt.adamw or not _fused_adamw.kernel_available():
         return (False,) * len(params)
+    storages = collections.Counter(p.untyped_storage().data_ptr() for p in params)
     return tuple(
         p.device.type == "cpu" and view.dtype == jnp.float32
         and view.unsafe_buffer_pointer() == p.data_ptr()
+        and storages[p.untyped_storage().data_ptr()] == 1
         for p, view in zip(params, views, strict=True)
     )
+
+
+def addresses(params, external) -> np.ndarray:
+    """The data pointers of the external parameters, as (low, high) uint32 pairs."""
+    pointers = np.array([p.data_ptr() for p, outside in zip(params, external, strict=True)
+                         if outside], np.uint64)
+    return np.stack([pointers & 0xFFFFFFFF, pointers >> 32], axis=-1).astype(np.uint32).ravel()
