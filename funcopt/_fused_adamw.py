@@ -251,7 +251,7 @@ def _kernel_step(target, hyper, grads, state, params, external):
         flat = kernel(coefficients, step_sizes, addresses, *operands, decays=decays,
                       param_results=not external)
         for k, i in enumerate(fast):
-            if not external:
-                new_p[i] = flat[3 * k]
-            out[i] = (None, *flat[per_leaf * k + per_leaf - 2:per_leaf * (k + 1)], steps[k])
+            *p_new, m_new, v_new = flat[per_leaf * k:per_leaf * (k + 1)]
+            new_p[i] = p_new[0] if p_new else None
+            out[i] = (None, m_new, v_new, steps[k])
     return plan.unflatten(new_p), plan.next_state(out)

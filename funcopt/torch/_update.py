@@ -73,11 +73,10 @@ def compiled_init(optimizer_fn, layout, static: tuple, lr_is_none: bool):
 @functools.lru_cache(maxsize=256)
 def compiled_update(optimizer_fn, layout, static: tuple, lr_is_none: bool, external: tuple):
     """The jitted ``(lr, steps, params, grads, scratch, states, addresses) -> (new_params,
-    new_states)``;
-    ``scratch`` holds one array per parameter (None for external ones), ``states`` one dict
-    of arrays per parameter (``layout``'s keys), both donated. (JAX pairs donated inputs with
-    outputs of the same shape in order, so this order gives each state array its own buffer
-    back.)
+    new_states)``; ``scratch`` holds one array per parameter (None for external ones),
+    ``states`` one dict of arrays per parameter (``layout``'s keys), both donated. (JAX
+    pairs donated inputs with outputs of the same shape in order, so this order gives each
+    state array its own buffer back.)
 
     ``external`` (one bool per parameter, ``funcopt.adamw`` only): parameters whose JAX array
     shares the torch tensor's memory and that funcopt's fused CPU kernel updates in place, as
