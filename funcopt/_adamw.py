@@ -3,6 +3,7 @@ transformation."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -116,12 +117,7 @@ def adamw(
     """
     hyper = _validated(learning_rate, b1, b2, eps, weight_decay, correct_bias, mask)
 
-    def update(grads, state, params=None):
-        plan = _plan(hyper, grads, state, params)
-        out = [_leaf(hyper, plan, *leaf) for leaf in plan.leaves]
-        return plan.unflatten([o[0] for o in out]), plan.next_state(out)
-
-    return optax.GradientTransformation(_init, update)
+    return optax.GradientTransformation(_init, functools.partial(_update, hyper))
 
 
 class _Hyper(NamedTuple):
@@ -202,6 +198,13 @@ def _plan(hyper: _Hyper, grads, state: AdamWState, params) -> _Plan:
         [bool(x) for x in mask_l], strict=True,
     ))
     return _Plan(treedef, state.count, lr, decay_factor, leaves)
+
+
+def _update(hyper: _Hyper, grads, state: AdamWState, params=None):
+    """adamw's ``update``: ``(updates, new_state)``."""
+    plan = _plan(hyper, grads, state, params)
+    out = [_leaf(hyper, plan, *leaf) for leaf in plan.leaves]
+    return plan.unflatten([o[0] for o in out]), plan.next_state(out)
 
 
 def _coefficients(hyper: _Hyper):

@@ -114,10 +114,8 @@ def _hyper(**kwargs) -> _adamw._Hyper:
 
 
 def _xla_step(hyper, grads, state, params):
-    plan = _adamw._plan(hyper, grads, state, params)
-    out = [_adamw._leaf(hyper, plan, *leaf) for leaf in plan.leaves]
-    new_params = optax.apply_updates(params, plan.unflatten([o[0] for o in out]))
-    return new_params, plan.next_state(out)
+    updates, new_state = _adamw._update(hyper, grads, state, params)
+    return optax.apply_updates(params, updates), new_state
 
 
 def _step(hyper, grads, state, params, external=None):

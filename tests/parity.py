@@ -18,6 +18,17 @@ def random_problem(shapes, steps, seed):
     return init, grads
 
 
+def applying(transformation):
+    """``(grads, state, params) -> (new_params, new_state)``: ``update`` followed by
+    ``optax.apply_updates``, the step a JAX training loop takes (jit it)."""
+
+    def step(grads, state, params):
+        updates, state = transformation.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
 def run_side_by_side(torch, ref_cls, ref_kwargs, transformation, shapes=SHAPES, steps=25,
                      dtype="float32", seed=0):
     """Feeds the same gradients to both for ``steps`` steps.
@@ -31,16 +42,12 @@ def run_side_by_side(torch, ref_cls, ref_kwargs, transformation, shapes=SHAPES, 
     params = [jnp.asarray(x).astype(jdtype) for x in init]
     state = transformation.init(params)
 
-    @jax.jit
-    def step(params, state, grads):
-        updates, state = transformation.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
+    step = jax.jit(applying(transformation))
     for gs in grads:
         for p, g in zip(tparams, gs, strict=True):
             p.grad = torch.tensor(g).to(tdtype)
         topt.step()
-        params, state = step(params, state, [jnp.asarray(g).astype(jdtype) for g in gs])
+        params, state = step([jnp.asarray(g).astype(jdtype) for g in gs], state, params)
     return topt, tparams, state, params
 
 

@@ -12,8 +12,8 @@ import copy
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from parity import applying
 from torch_model import (  # noqa: F401  (one_torch_thread: an autouse fixture)
     batch,
     hf_adamw,
@@ -150,8 +150,7 @@ def test_fused_kernel_in_place_and_the_parameters_it_cannot_take():
     jax_params = [jnp.asarray(p.detach().float().numpy()).astype(
         jnp.bfloat16 if p.dtype == torch.bfloat16 else jnp.float32) for p in make()]
     state = tx.init(jax_params)
-    step = jax.jit(lambda g, s, p: (lambda u, s: (optax.apply_updates(p, u), s))(
-        *tx.update(g, s, p)))
+    step = jax.jit(applying(tx))
     for step_ in range(5):
         grads = [jnp.asarray(grad(p, k + step_ + 1)).astype(q.dtype)
                  for k, (p, q) in enumerate(zip(ours, jax_params, strict=True))]
