@@ -3,17 +3,15 @@ transformation."""
 
 from __future__ import annotations
 
-import functools
-from typing import Any, NamedTuple
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from funcopt import _checks
+from funcopt import _checks, _core
 from funcopt._numerics import (
-    NO_PARAMS,
     f32,
     is_static,
     learning_rate_at,
@@ -46,19 +44,6 @@ class AdamWState(NamedTuple):
     step: Any
     exp_avg: Any
     exp_avg_sq: Any
-
-
-def _resolve_mask(mask, params):
-    if mask is None:
-        return None
-    tree = mask(params) if callable(mask) else mask
-    try:
-        return jax.tree.structure(params).flatten_up_to(tree)
-    except (ValueError, TypeError) as err:
-        raise ValueError(
-            "mask must be a pytree of bools with the structure of the params (or a callable "
-            f"params -> such a pytree): {err}"
-        ) from None
 
 
 def adamw(
@@ -115,14 +100,15 @@ def adamw(
       >>> print(w.round(6))
       [ 0.401178  0.201738 -0.501738]
     """
-    hyper = _validated(learning_rate, b1, b2, eps, weight_decay, correct_bias, mask)
+    return _core.transformation(
+        AdamW.validated(learning_rate, b1, b2, eps, weight_decay, correct_bias, mask))
 
-    return optax.GradientTransformation(_init, functools.partial(_update, hyper))
 
+@dataclasses.dataclass(frozen=True)
+class AdamW(_core.Rule):
+    """adamw's validated hyperparameters and leaf functions (also run by ``fused_adamw``)."""
 
-class _Hyper(NamedTuple):
-    """adamw's validated hyperparameters."""
-
+    State: ClassVar[type] = AdamWState
     learning_rate: Any
     b1: Any
     b2: Any
@@ -130,125 +116,73 @@ class _Hyper(NamedTuple):
     weight_decay: Any
     correct_bias: bool
     mask: Any
-    decays: bool  # False when weight_decay is statically 0: no leaf decays, params optional
 
+    @classmethod
+    def validated(cls, learning_rate, b1, b2, eps, weight_decay, correct_bias, mask) -> AdamW:
+        _checks.learning_rate("learning_rate", learning_rate)
+        _checks.number("b1", b1, low=0.0, high=1.0, high_open=True, allowed="in [0.0, 1.0)")
+        _checks.number("b2", b2, low=0.0, high=1.0, high_open=True, allowed="in [0.0, 1.0)")
+        _checks.number("eps", eps, low=0.0)
+        _checks.number(
+            "weight_decay", weight_decay, low=0.0,
+            allowed=">= 0.0 (transformers.AdamW silently ignores a negative value)",
+        )
+        if not isinstance(correct_bias, bool):
+            raise TypeError(f"correct_bias must be a bool, got {correct_bias!r}.")
+        return cls(learning_rate, b1, b2, eps, weight_decay, correct_bias, mask)
 
-def _validated(learning_rate, b1, b2, eps, weight_decay, correct_bias, mask) -> _Hyper:
-    _checks.learning_rate("learning_rate", learning_rate)
-    _checks.number("b1", b1, low=0.0, high=1.0, high_open=True, allowed="in [0.0, 1.0)")
-    _checks.number("b2", b2, low=0.0, high=1.0, high_open=True, allowed="in [0.0, 1.0)")
-    _checks.number("eps", eps, low=0.0)
-    _checks.number(
-        "weight_decay", weight_decay, low=0.0,
-        allowed=">= 0.0 (transformers.AdamW silently ignores a negative value)",
-    )
-    if not isinstance(correct_bias, bool):
-        raise TypeError(f"correct_bias must be a bool, got {correct_bias!r}.")
-    decays = not (is_static(weight_decay) and weight_decay == 0.0)
-    return _Hyper(learning_rate, b1, b2, eps, weight_decay, correct_bias, mask, decays)
+    def scalars(self, count) -> tuple:
+        """``(lr, decay_factor)``: the learning rate at ``count`` and ``-lr * weight_decay``
+        (the reference's float64 product, applied when weight_decay > 0), float32."""
+        lr = learning_rate_at(self.learning_rate, count)
+        wd = jnp.asarray(self.weight_decay, f32)
+        return lr, jnp.where(wd > 0, -lr * wd, f32(0))
 
+    def init_leaf(self, p) -> tuple:
+        """``(step, exp_avg, exp_avg_sq)``: moments in the parameter's dtype, as torch."""
+        return jnp.zeros([], jnp.int32), jnp.zeros_like(p), jnp.zeros_like(p)
 
-def _init(params) -> AdamWState:
-    """adamw's zero state for ``params``."""
-    return AdamWState(
-        count=jnp.zeros([], jnp.int32),
-        step=jax.tree.map(lambda _: jnp.zeros([], jnp.int32), params),
-        exp_avg=jax.tree.map(jnp.zeros_like, params),
-        exp_avg_sq=jax.tree.map(jnp.zeros_like, params),
-    )
+    def coefficients(self) -> tuple:
+        """``(b1, 1 - b1, b2, 1 - b2)`` as the float32 multipliers the moment updates use."""
+        b1, b2 = self.b1, self.b2
+        one_minus_b1 = f32(1.0 - b1) if is_static(b1) else 1 - jnp.asarray(b1, f32)
+        one_minus_b2 = f32(1.0 - b2) if is_static(b2) else 1 - jnp.asarray(b2, f32)
+        return f32(b1), one_minus_b1, f32(b2), one_minus_b2
 
+    def step_size(self, lr, t):
+        """The learning rate with the bias correction of step ``t`` (already incremented)."""
+        if not self.correct_bias:
+            return lr
+        return lr * jnp.sqrt(one_minus_power(self.b2, t)) / one_minus_power(self.b1, t)
 
-class _Plan(NamedTuple):
-    """One update's shared scalars and its leaves, flattened: what both the XLA path and the
-    fused CPU kernel (``funcopt._fused_adamw``) start from."""
-
-    treedef: Any
-    count: jax.Array
-    lr: jax.Array  # float32
-    decay_factor: jax.Array  # float32: -lr * weight_decay (0 when weight_decay is 0)
-    leaves: list  # (g, m, v, p, t, selected) per leaf; p None without params
-
-    def unflatten(self, leaves):
-        return jax.tree_util.tree_unflatten(self.treedef, leaves)
-
-    def next_state(self, out) -> AdamWState:
-        """The state after the update, from each leaf's ``(_, m, v, t)``."""
-        field = lambda i: self.unflatten([o[i] for o in out])
-        return AdamWState(optax.safe_increment(self.count), field(3), field(1), field(2))
-
-
-def _plan(hyper: _Hyper, grads, state: AdamWState, params) -> _Plan:
-    if hyper.decays and params is None:
-        raise ValueError(NO_PARAMS)
-    treedef = jax.tree.structure(grads)
-    n = treedef.num_leaves
-    p_l = treedef.flatten_up_to(params) if params is not None else [None] * n
-    mask_l = _resolve_mask(hyper.mask, params) if hyper.decays else None
-    if mask_l is None:
-        mask_l = [hyper.decays] * n
-    if not all(isinstance(x, bool | np.bool_) for x in mask_l):
-        raise TypeError("mask leaves must be Python bools (static, known before jit).")
-    lr = learning_rate_at(hyper.learning_rate, state.count)
-    # The decay factor is lr * wd in the reference (float64 there), applied when wd > 0.
-    wd = jnp.asarray(hyper.weight_decay, f32)
-    decay_factor = jnp.where(wd > 0, -lr * wd, f32(0))
-    leaves = list(zip(
-        treedef.flatten_up_to(grads), treedef.flatten_up_to(state.exp_avg),
-        treedef.flatten_up_to(state.exp_avg_sq), p_l, treedef.flatten_up_to(state.step),
-        [bool(x) for x in mask_l], strict=True,
-    ))
-    return _Plan(treedef, state.count, lr, decay_factor, leaves)
-
-
-def _update(hyper: _Hyper, grads, state: AdamWState, params=None):
-    """adamw's ``update``: ``(updates, new_state)``."""
-    plan = _plan(hyper, grads, state, params)
-    out = [_leaf(hyper, plan, *leaf) for leaf in plan.leaves]
-    return plan.unflatten([o[0] for o in out]), plan.next_state(out)
-
-
-def _coefficients(hyper: _Hyper):
-    """``(b1, 1 - b1, b2, 1 - b2)`` as the float32 multipliers the moment updates use."""
-    b1, b2 = hyper.b1, hyper.b2
-    one_minus_b1 = f32(1.0 - b1) if is_static(b1) else 1 - jnp.asarray(b1, f32)
-    one_minus_b2 = f32(1.0 - b2) if is_static(b2) else 1 - jnp.asarray(b2, f32)
-    return f32(b1), one_minus_b1, f32(b2), one_minus_b2
-
-
-def _step_size(hyper: _Hyper, lr, t):
-    """The learning rate with the bias correction of step ``t`` (already incremented)."""
-    if not hyper.correct_bias:
-        return lr
-    return lr * jnp.sqrt(one_minus_power(hyper.b2, t)) / one_minus_power(hyper.b1, t)
-
-
-def _leaf(hyper: _Hyper, plan: _Plan, g, m, v, p, t, selected):
-    """One leaf's ``(update, new m, new v, new step)``."""
-    # torch's CPU kernels, op by op: x.mul_(b) rounds b*x; x.add_(y, alpha=a) is one fused
-    # multiply-add fma(a, y, x) with a rounded to x's dtype; x.addcmul_(y, z, value=c) is
-    # fma(c*y, z, x). XLA contracts ``lhs_product + rhs`` into fma(lhs), so each sum below
-    # puts the reference's fused product on the left. bf16 moments round after every op.
-    dtype = m.dtype
-    rnd, as_dtype = rounder(dtype), rounder(dtype)
-    t = optax.safe_increment(t)
-    g = g.astype(f32)
-    b1, one_minus_b1, b2, one_minus_b2 = _coefficients(hyper)
-    m32 = rnd(as_dtype(one_minus_b1) * g + rnd(m.astype(f32) * b1))
-    v32 = rnd((one_minus_b2 * g) * g + rnd(v.astype(f32) * b2))
-    denom = rnd(rnd(jnp.sqrt(v32)) + f32(hyper.eps))
-    if is_static(hyper.eps) and hyper.eps == 0:
-        # XLA would fold the + 0 and rewrite x / sqrt(v) as x * rsqrt(v), an ulp off torch's
-        # true division; the select keeps the division.
-        denom = unfused(denom)
-    step_size = _step_size(hyper, plan.lr, t)
-    # p.addcdiv_(exp_avg, denom, value=-step_size): the update is (-step_size * m) / denom.
-    u = (-step_size * m32) / denom
-    if p is not None and (selected or dtype != f32):
-        # Form the new parameter exactly as the reference's in-place ops round it, then
-        # hand back new - p, which apply_updates adds back without a second rounding.
-        p32 = p.astype(f32)
-        new = rnd(p32 + u)
-        if selected:
-            new = rnd(as_dtype(plan.decay_factor) * new + new)
-        u = new - p32
-    return u.astype(dtype), m32.astype(dtype), v32.astype(dtype), t
+    def update_leaf(self, scalars, g, p, fields, decays):
+        """One leaf's ``(update, (step, exp_avg, exp_avg_sq))``."""
+        # torch's CPU kernels, op by op: x.mul_(b) rounds b*x; x.add_(y, alpha=a) is one fused
+        # multiply-add fma(a, y, x) with a rounded to x's dtype; x.addcmul_(y, z, value=c) is
+        # fma(c*y, z, x). XLA contracts ``lhs_product + rhs`` into fma(lhs), so each sum below
+        # puts the reference's fused product on the left. bf16 moments round after every op.
+        lr, decay_factor = scalars
+        t, m, v = fields
+        dtype = m.dtype
+        rnd = rounder(dtype)
+        t = optax.safe_increment(t)
+        g = g.astype(f32)
+        b1, one_minus_b1, b2, one_minus_b2 = self.coefficients()
+        m32 = rnd(rnd(one_minus_b1) * g + rnd(m.astype(f32) * b1))
+        v32 = rnd((one_minus_b2 * g) * g + rnd(v.astype(f32) * b2))
+        denom = rnd(rnd(jnp.sqrt(v32)) + f32(self.eps))
+        if is_static(self.eps) and self.eps == 0:
+            # XLA would fold the + 0 and rewrite x / sqrt(v) as x * rsqrt(v), an ulp off
+            # torch's true division; the select keeps the division.
+            denom = unfused(denom)
+        # p.addcdiv_(exp_avg, denom, value=-step_size): the update is (-step_size * m) / denom.
+        u = (-self.step_size(lr, t) * m32) / denom
+        if p is not None and (decays or dtype != f32):
+            # Form the new parameter exactly as the reference's in-place ops round it, then
+            # hand back new - p, which apply_updates adds back without a second rounding.
+            p32 = p.astype(f32)
+            new = rnd(p32 + u)
+            if decays:
+                new = rnd(rnd(decay_factor) * new + new)
+            u = new - p32
+        return u.astype(dtype), (t, m32.astype(dtype), v32.astype(dtype))

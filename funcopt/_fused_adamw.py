@@ -3,6 +3,7 @@ on CPU, bitwise equal to the two of them."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import warnings
@@ -14,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcopt import _adamw, _kernels
+from funcopt import _core, _kernels
+from funcopt._adamw import AdamW
 from funcopt._numerics import f32
 
 __all__ = ["FusedOptimizer", "fused_adamw"]
@@ -98,27 +100,27 @@ def fused_adamw(
       >>> print(w.round(6))
       [ 0.401178  0.201738 -0.501738]
     """
-    hyper = _adamw._validated(learning_rate, b1, b2, eps, weight_decay, correct_bias, mask)
+    rule = AdamW.validated(learning_rate, b1, b2, eps, weight_decay, correct_bias, mask)
 
-    def step(grads, state, params):
-        return _step(hyper, grads, state, params)
+    def step_fn(grads, state, params):
+        return step(rule, grads, state, params)
 
-    return FusedOptimizer(_adamw._init, step)
+    return FusedOptimizer(functools.partial(_core.init, rule), step_fn)
 
 
-def _hyper(**kwargs) -> _adamw._Hyper:
-    """The validated hyperparameters of ``fused_adamw(**kwargs)``."""
+def make_rule(**kwargs) -> AdamW:
+    """The validated rule of ``fused_adamw(**kwargs)`` (``adamw``'s, same keywords)."""
     bound = inspect.signature(fused_adamw).bind(**kwargs)
     bound.apply_defaults()
-    return _adamw._validated(**bound.arguments)
+    return AdamW.validated(**bound.arguments)
 
 
 def _xla_step(hyper, grads, state, params):
-    updates, new_state = _adamw._update(hyper, grads, state, params)
+    updates, new_state = _core.update(hyper, grads, state, params)
     return optax.apply_updates(params, updates), new_state
 
 
-def _step(hyper, grads, state, params, external=None):
+def step(hyper: AdamW, grads, state, params, external=None):
     """The fused step.
 
     ``external``: None, or ``(flags, addresses)``: one bool per leaf marking float32 CPU
@@ -180,9 +182,9 @@ def _same_as_xla(target) -> bool:
     params = {"w": jnp.asarray(rng.standard_normal(3 * 2**16 + 5).astype(np.float32)),
               "b": jnp.asarray(scale)}
     grads = {"w": params["w"][::-1] * 0.01, "b": jnp.asarray(scale[::-1])}
-    state = _adamw._init(params)
-    hyper = _hyper(learning_rate=1e-2, weight_decay=0.1)
-    for h in (hyper, hyper._replace(mask={"w": True, "b": False})):
+    hyper = make_rule(learning_rate=1e-2, weight_decay=0.1)
+    state = _core.init(hyper, params)
+    for h in (hyper, dataclasses.replace(hyper, mask={"w": True, "b": False})):
         ours = jax.jit(functools.partial(_kernel_step, target, h, external=None))
         xla = jax.jit(functools.partial(_xla_step, h))
         pairs = zip(jax.tree.leaves(ours(grads, state, params)),
@@ -203,12 +205,12 @@ def kernel_available() -> bool:
 
 
 def _fast(leaf) -> bool:
-    g, m, v, p, _, _ = leaf
+    g, p, (_, m, v), _ = leaf
     return p.dtype == m.dtype == v.dtype == f32 and p.shape == g.shape == m.shape == v.shape
 
 
-def _kernel_step(target, hyper, grads, state, params, external):
-    plan = _adamw._plan(hyper, grads, state, params)
+def _kernel_step(target, hyper: AdamW, grads, state, params, external):
+    plan = _core.prepare(hyper, grads, state, params)
     if external is None:  # every float32 leaf through the kernel, in XLA-owned memory
         fast = [i for i, leaf in enumerate(plan.leaves) if _fast(leaf)]
         addresses = jnp.zeros([0], jnp.uint32)
@@ -217,21 +219,21 @@ def _kernel_step(target, hyper, grads, state, params, external):
         fast = [i for i, outside in enumerate(flags) if outside]
     # Other leaves (bf16 or fp16 parameters and moments) take the XLA path.
     slow = set(range(len(plan.leaves))) - set(fast)
-    out = [_adamw._leaf(hyper, plan, *leaf) if i in slow else None
+    out = [hyper.update_leaf(plan.scalars, *leaf) if i in slow else None
            for i, leaf in enumerate(plan.leaves)]
-    new_p = [None if o is None else optax.apply_updates(leaf[3], o[0])
+    new_p = [None if o is None else optax.apply_updates(leaf[1], o[0])
              for leaf, o in zip(plan.leaves, out, strict=True)]
+    fields = [None if o is None else o[1] for o in out]
     if fast:
-        b1, one_minus_b1, b2, one_minus_b2 = _adamw._coefficients(hyper)
+        lr, decay_factor = plan.scalars
         coefficients = jnp.stack([jnp.asarray(x, f32) for x in (
-            b1, one_minus_b1, b2, one_minus_b2, f32(hyper.eps), plan.decay_factor)])
-        steps = [optax.safe_increment(plan.leaves[i][4]) for i in fast]
-        step_sizes = jnp.stack([jnp.asarray(_adamw._step_size(hyper, plan.lr, t), f32)
-                                for t in steps])
+            *hyper.coefficients(), f32(hyper.eps), decay_factor)])
+        steps = [optax.safe_increment(plan.leaves[i][2][0]) for i in fast]
+        step_sizes = jnp.stack([jnp.asarray(hyper.step_size(lr, t), f32) for t in steps])
         per_leaf = 2 if external else 3
         operands, results, aliases = [], [], {}
         for k, i in enumerate(fast):
-            g, m, v, p, _, _ = plan.leaves[i]
+            g, p, (_, m, v), _ = plan.leaves[i]
             operands += [p, g.astype(f32), m, v]
             results += [jax.ShapeDtypeStruct(p.shape, f32)] * per_leaf
             # Operands 0-2 are the coefficients, the step sizes and the addresses.
@@ -240,7 +242,7 @@ def _kernel_step(target, hyper, grads, state, params, external):
                 aliases |= {m_at: 2 * k, v_at: 2 * k + 1}
             else:
                 aliases |= {p_at: 3 * k, m_at: 3 * k + 1, v_at: 3 * k + 2}
-        decays = np.array([plan.leaves[i][5] for i in fast], np.int64)
+        decays = np.array([plan.leaves[i][3] for i in fast], np.int64)
         # (External parameters need no has_side_effect: the call's m' and v' are always used,
         # and effects would take jit's C++ fast path away.) Under vmap the kernel runs once per
         # batch element.
@@ -251,5 +253,7 @@ def _kernel_step(target, hyper, grads, state, params, external):
         for k, i in enumerate(fast):
             *p_new, m_new, v_new = flat[per_leaf * k:per_leaf * (k + 1)]
             new_p[i] = p_new[0] if p_new else None
-            out[i] = (None, m_new, v_new, steps[k])
-    return plan.unflatten(new_p), plan.next_state(out)
+            fields[i] = (steps[k], m_new, v_new)
+    new_state = _core.assemble(hyper.State, plan.treedef, optax.safe_increment(plan.count),
+                               fields)
+    return jax.tree_util.tree_unflatten(plan.treedef, new_p), new_state

@@ -130,10 +130,10 @@ def test_vmap_runs_the_kernel_per_batch_element():
 def test_external_parameters_are_checked_not_copied():
     """The torch bridge's mode: the kernel writes parameters XLA does not own, and refuses to
     run if what it was handed is not the memory it was told about."""
-    hyper = _fused_adamw._hyper(learning_rate=1e-2)
+    hyper = _fused_adamw.make_rule(learning_rate=1e-2)
     params = {"w": jnp.ones(8)}
-    state = _adamw._init(params)
-    step = jax.jit(lambda g, s, p, a: _fused_adamw._step(hyper, g, s, p, external=((True,), a)))
+    state = funcopt.adamw(learning_rate=1e-2).init(params)
+    step = jax.jit(lambda g, s, p, a: _fused_adamw.step(hyper, g, s, p, external=((True,), a)))
     wrong = np.zeros(2, np.uint32)
     with pytest.raises(Exception, match="copy of an external parameter"):
         jax.block_until_ready(step({"w": jnp.ones(8)}, state, params, wrong))

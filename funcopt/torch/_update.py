@@ -95,8 +95,8 @@ def compiled_update(optimizer_fn, layout, static: tuple, lr_is_none: bool, exter
         )
         if any(external):
             # funcopt.fused_adamw's step (bitwise funcopt.adamw's): one pass over p, g, m, v.
-            hyper = _fused_adamw._hyper(learning_rate=lr, **dict(static))
-            new_params, new_state = _fused_adamw._step(
+            hyper = _fused_adamw.make_rule(learning_rate=lr, **dict(static))
+            new_params, new_state = _fused_adamw.step(
                 hyper, list(grads), state, list(params), external=(external, addresses))
         else:
             tx = _transformation(optimizer_fn, static, lr)
