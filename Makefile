@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The second reference environment: the transformers 5.x Trainer and its menu's packages.
+VENV5 := .venv5
+STAMP5 := $(VENV5)/.installed
 
 .PHONY: demo test lint bench clean
 
@@ -12,17 +15,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $(STAMP)
 
+$(STAMP5): pyproject.toml
+	test -x $(VENV5)/bin/python || $(PYTHON) -m venv $(VENV5)
+	$(VENV5)/bin/python -m pip install --upgrade pip
+	$(VENV5)/bin/python -m pip install -e '.[trainer5]'
+	touch $(STAMP5)
+
 demo: $(STAMP)
 	$(BIN)/python -m funcopt_demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check funcopt tests benchmarks funcopt_demo
 
-test: $(STAMP) lint
+# Both references: transformers 4.49.0 + TF in .venv, the 5.x Trainer's in .venv5.
+test: $(STAMP) $(STAMP5) lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+	$(VENV5)/bin/python -m pytest -n 2 --dist loadfile -q tests/trainer5
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(VENV5) .pytest_cache build *.egg-info
