@@ -20,7 +20,7 @@ import pytest
 from parity import applying
 
 import funcopt
-from funcopt import _adamw, _fused_adamw
+from funcopt import _fused_adamw
 
 HAS_COMPILER = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
 W0, TARGET = [0.1, -0.2, -0.1], [0.4, 0.2, -0.5]
