@@ -61,6 +61,10 @@ from funcopt._accumulation import accumulator_init as accumulator_init
 from funcopt._accumulation import accumulator_reset as accumulator_reset
 from funcopt._accumulation import gradient_accumulation as gradient_accumulation
 
+# The Trainer's front door (transformers 5.x): its optim menu by name, its recipe in one call.
+from funcopt._menu import get_optimizer as get_optimizer
+from funcopt._training_args import from_training_args as from_training_args
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -77,3 +81,4 @@ __all__ = [
     "GradientAccumulatorState", "accumulate", "accumulator_init", "accumulator_reset",
     "gradient_accumulation", "state_shardings",
 ]
+__all__ += ["get_optimizer", "from_training_args"]
