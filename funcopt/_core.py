@@ -94,6 +94,14 @@ class Rule:
         (only allowed when :meth:`uses_params` is False)."""
         raise NotImplementedError
 
+    def leaf_kinds(self, tree) -> list | None:
+        """Static per-leaf facts the rule needs besides weight decay, one per leaf of ``tree``
+        (the params; the grads when an update is given none): e.g. which leaves GaLore
+        projects and how, or a leaf's position in its param group (GrokAdamW). ``None`` (the
+        default): none, and the leaf functions take no ``kind``. Otherwise they are called as
+        ``init_leaf(p, kind)`` and ``update_leaf(scalars, g, p, fields, decays, kind)``."""
+        return None
+
     # -- derived ---------------------------------------------------------------------------
 
     def decays_any(self) -> bool:
@@ -108,12 +116,14 @@ class Rule:
 class Step(NamedTuple):
     """One update, flattened: what the XLA path and the fused kernels start from.
 
-    ``leaves`` holds ``(g, p, fields, decays)`` per leaf (``p`` None without params)."""
+    ``leaves`` holds ``(g, p, fields, decays)`` per leaf (``p`` None without params);
+    ``kinds`` is :meth:`Rule.leaf_kinds` (None for most rules)."""
 
     treedef: Any
     count: jax.Array
     scalars: Any
     leaves: list
+    kinds: list | None = None
 
 
 def resolve_mask(mask, params, treedef) -> list[bool]:
@@ -151,7 +161,12 @@ def assemble(state_cls, treedef, count, per_leaf: list[tuple]):
 def init(rule: Rule, params):
     """The rule's zero state for ``params``."""
     treedef = jax.tree.structure(params)
-    per_leaf = [tuple(rule.init_leaf(p)) for p in treedef.flatten_up_to(params)]
+    leaves = treedef.flatten_up_to(params)
+    kinds = rule.leaf_kinds(params)
+    if kinds is None:
+        per_leaf = [tuple(rule.init_leaf(p)) for p in leaves]
+    else:
+        per_leaf = [tuple(rule.init_leaf(p, k)) for p, k in zip(leaves, kinds, strict=True)]
     return assemble(rule.State, treedef, jnp.zeros([], jnp.int32), per_leaf)
 
 
@@ -173,7 +188,8 @@ def prepare(rule: Rule, grads, state, params) -> Step:
     fields = [tuple(c[i] for c in columns) for i in range(n)]
     count = state[0]
     leaves = list(zip(treedef.flatten_up_to(grads), p_l, fields, decays, strict=True))
-    return Step(treedef, count, rule.scalars(count), leaves)
+    kinds = rule.leaf_kinds(grads if params is None else params)
+    return Step(treedef, count, rule.scalars(count), leaves, kinds)
 
 
 def _keep_types(new: tuple, old: tuple) -> tuple:
@@ -202,8 +218,11 @@ def finish(rule: Rule, step: Step, outs: list) -> tuple:
 def update(rule: Rule, grads, state, params=None):
     """The rule's ``update``: every leaf through ``rule.update_leaf``."""
     step = prepare(rule, grads, state, params)
-    outs = [rule.update_leaf(step.scalars, g, p, fields, decays)
-            for g, p, fields, decays in step.leaves]
+    if step.kinds is None:
+        outs = [rule.update_leaf(step.scalars, *leaf) for leaf in step.leaves]
+    else:
+        outs = [rule.update_leaf(step.scalars, *leaf, kind)
+                for leaf, kind in zip(step.leaves, step.kinds, strict=True)]
     return finish(rule, step, outs)
 
 
