@@ -7,9 +7,10 @@ module-level-style leaf functions (``init_leaf``, ``update_leaf``, and the per-u
 
 * the loop over the params pytree (flatten, zip, unflatten), in ``jax.tree.leaves`` order;
 * the state: a NamedTuple (``Rule.State``) whose first field is the update count (int32,
-  incremented with ``optax.safe_increment``) and whose other fields are pytrees like the
-  params, one value per leaf; a field no leaf has is ``None`` ("absent", like a torch state
-  key the reference never creates);
+  incremented with ``optax.safe_increment``), then the rule's ``group_fields`` (values shared
+  by every leaf, like a torch param group's own entries; none for most rules), and whose
+  other fields are pytrees like the params, one value per leaf; a field no leaf has is
+  ``None`` ("absent", like a torch state key the reference never creates);
 * the "this update needs the params" check (:data:`NO_PARAMS`);
 * mask resolution: ``Rule.mask`` (a pytree of bools like the params, or a callable
   ``params -> such a pytree``) becomes one static bool per leaf, ``decays``;
@@ -77,6 +78,11 @@ class Rule:
     State: ClassVar[type]
     #: Whether ``update`` always needs the params (besides weight decay).
     needs_params: ClassVar[bool] = False
+    #: Names of the State fields right after the count that hold group-level values (arrays
+    #: shared by all leaves, each kept in its initial dtype and shape), e.g. schedule-free's
+    #: ``k`` and ``weight_sum``: they start at :meth:`init_group` and advance in
+    #: :meth:`group_step`. Empty for most rules.
+    group_fields: ClassVar[tuple[str, ...]] = ()
 
     # -- the optimizer's own definition ----------------------------------------------------
 
@@ -84,8 +90,17 @@ class Rule:
         """Values shared by every leaf of the update that has ``count`` updates before it."""
         return learning_rate_at(getattr(self, "learning_rate", 0.0), count)
 
+    def init_group(self) -> tuple:
+        """Initial values of ``group_fields`` (arrays)."""
+        return ()
+
+    def group_step(self, count, group: tuple) -> tuple:
+        """``(scalars, new_group)`` for the update that has ``count`` updates before it: by
+        default :meth:`scalars` and the (empty) group unchanged."""
+        return self.scalars(count), group
+
     def init_leaf(self, p) -> tuple:
-        """The per-leaf state fields (``State``'s fields after the count) for parameter
+        """The per-leaf state fields (``State``'s fields after the count and the group) for
         ``p``, ``None`` where this leaf has no such entry."""
         raise NotImplementedError
 
@@ -117,13 +132,15 @@ class Step(NamedTuple):
     """One update, flattened: what the XLA path and the fused kernels start from.
 
     ``leaves`` holds ``(g, p, fields, decays)`` per leaf (``p`` None without params);
-    ``kinds`` is :meth:`Rule.leaf_kinds` (None for most rules)."""
+    ``kinds`` is :meth:`Rule.leaf_kinds` (None for most rules); ``group`` the group fields
+    after this update (empty for most rules)."""
 
     treedef: Any
     count: jax.Array
     scalars: Any
     leaves: list
     kinds: list | None = None
+    group: tuple = ()
 
 
 def resolve_mask(mask, params, treedef) -> list[bool]:
@@ -148,14 +165,14 @@ def field_leaves(treedef, field) -> list:
     return treedef.flatten_up_to(field)
 
 
-def assemble(state_cls, treedef, count, per_leaf: list[tuple]):
-    """``state_cls(count, *fields)`` from per-leaf field tuples; a field that is ``None`` on
-    every leaf is ``None``."""
-    n = len(state_cls._fields) - 1
+def assemble(state_cls, treedef, count, per_leaf: list[tuple], group: tuple = ()):
+    """``state_cls(count, *group, *fields)`` from the group fields and per-leaf field tuples;
+    a field that is ``None`` on every leaf is ``None``."""
+    n = len(state_cls._fields) - 1 - len(group)
     columns = list(zip(*per_leaf, strict=True)) if per_leaf else [()] * n
     fields = [None if all(x is None for x in column)
               else jax.tree_util.tree_unflatten(treedef, list(column)) for column in columns]
-    return state_cls(count, *fields)
+    return state_cls(count, *group, *fields)
 
 
 def init(rule: Rule, params):
@@ -167,7 +184,8 @@ def init(rule: Rule, params):
         per_leaf = [tuple(rule.init_leaf(p)) for p in leaves]
     else:
         per_leaf = [tuple(rule.init_leaf(p, k)) for p, k in zip(leaves, kinds, strict=True)]
-    return assemble(rule.State, treedef, jnp.zeros([], jnp.int32), per_leaf)
+    return assemble(rule.State, treedef, jnp.zeros([], jnp.int32), per_leaf,
+                    tuple(rule.init_group()))
 
 
 def prepare(rule: Rule, grads, state, params) -> Step:
@@ -184,12 +202,14 @@ def prepare(rule: Rule, grads, state, params) -> Step:
         decays = [True] * n
     else:
         decays = resolve_mask(mask, params, treedef)
-    columns = [field_leaves(treedef, f) for f in state[1:]]
+    n_group = len(rule.group_fields)
+    columns = [field_leaves(treedef, f) for f in state[1 + n_group:]]
     fields = [tuple(c[i] for c in columns) for i in range(n)]
-    count = state[0]
+    count, group = state[0], tuple(state[1:1 + n_group])
+    scalars, new_group = rule.group_step(count, group)
     leaves = list(zip(treedef.flatten_up_to(grads), p_l, fields, decays, strict=True))
     kinds = rule.leaf_kinds(grads if params is None else params)
-    return Step(treedef, count, rule.scalars(count), leaves, kinds)
+    return Step(treedef, count, scalars, leaves, kinds, _keep_types(tuple(new_group), group))
 
 
 def _keep_types(new: tuple, old: tuple) -> tuple:
@@ -211,7 +231,8 @@ def finish(rule: Rule, step: Step, outs: list) -> tuple:
     per_leaf = [_keep_types(tuple(fields), leaf[2])
                 for (_, fields), leaf in zip(outs, step.leaves, strict=True)]
     updates = jax.tree_util.tree_unflatten(step.treedef, [u for u, _ in outs])
-    new_state = assemble(rule.State, step.treedef, optax.safe_increment(step.count), per_leaf)
+    new_state = assemble(rule.State, step.treedef, optax.safe_increment(step.count), per_leaf,
+                         step.group)
     return updates, new_state
 
 
