@@ -1,12 +1,18 @@
 """funcopt's CPU kernels: C++ XLA FFI handlers, compiled on first use and cached.
 
 A kernel is built once per source, compiler, jaxlib and CPU with the system's C++ compiler
-(``$CXX``, else ``c++``, ``g++`` or ``clang++``) against the FFI headers jaxlib ships
-(``jax.ffi.include_dir()``), into ``$FUNCOPT_CACHE_DIR`` (default
-``$XDG_CACHE_HOME/funcopt`` or ``~/.cache/funcopt``), and registered with XLA for the CPU
-platform. Without a compiler, or with ``FUNCOPT_DISABLE_KERNELS=1``, :func:`target` returns
-``None`` (with one warning saying why) and callers take their pure-XLA path, which gives the
-same numbers, only slower.
+(:func:`compiler`: ``$CXX`` if set, else ``c++``, ``g++`` or ``clang++``) against the FFI
+headers jaxlib ships (``jax.ffi.include_dir()``), into ``$FUNCOPT_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/funcopt`` or ``~/.cache/funcopt``, created with mode 0700), and registered
+with XLA for the CPU platform. The compiler may run ``$FUNCOPT_COMPILE_TIMEOUT`` seconds
+(default 120); processes that start together compile once (a file lock), and a cached library
+is loaded only if it is this user's and no one else can write it or its folder
+(``_cache.py`` says how). A cache that cannot be written, or is not trusted (with a warning),
+is replaced by a private temporary folder, removed once the kernel is loaded.
+
+Without a compiler, or with ``FUNCOPT_DISABLE_KERNELS=1``, :func:`target` returns ``None``
+(with one warning saying why, in the first case) and callers take their pure-XLA path, which
+gives the same numbers, only slower.
 """
 
 from __future__ import annotations
@@ -16,16 +22,18 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
-import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 
 import jax
 import jaxlib
 
+from funcopt._kernels import _cache
+
 _HERE = Path(__file__).parent
+_DEFAULT_TIMEOUT_S = 120.0
 
 # -ffp-contract=off: the only fused multiply-adds are the explicit std::fma calls, so the
 # kernels round exactly like the XLA expressions they replace. -fno-math-errno lets sqrt
@@ -37,11 +45,35 @@ if platform.machine().lower() in ("x86_64", "amd64"):
     _FLAGS.append("-march=native")
 
 
-def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+def compiler() -> tuple[str, ...] | None:
+    """The command that compiles the kernels (the compiler's path, then any arguments given
+    in ``$CXX``), or None if there is none: ``$CXX`` when set (and only it), else the first of
+    ``c++``, ``g++``, ``clang++`` on the PATH."""
+    words = shlex.split(os.environ.get("CXX", ""))
+    for name in words[:1] or ["c++", "g++", "clang++"]:
+        found = shutil.which(name)
+        if found:
+            return (found, *words[1:])
     return None
+
+
+def cache_dir() -> Path:
+    """``$FUNCOPT_CACHE_DIR``, else ``$XDG_CACHE_HOME/funcopt``, else ``~/.cache/funcopt``."""
+    if os.environ.get("FUNCOPT_CACHE_DIR"):
+        return Path(os.environ["FUNCOPT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "funcopt"
+
+
+def _timeout_s() -> float:
+    text = os.environ.get("FUNCOPT_COMPILE_TIMEOUT", "")
+    try:
+        seconds = float(text) if text else _DEFAULT_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise RuntimeError(f"FUNCOPT_COMPILE_TIMEOUT={text!r} is not a positive number of seconds")
+    return seconds
 
 
 def _cpu_fingerprint() -> str:
@@ -53,52 +85,43 @@ def _cpu_fingerprint() -> str:
     return platform.machine() + platform.processor() + flags
 
 
-def _cache_dir() -> Path:
-    if os.environ.get("FUNCOPT_CACHE_DIR"):
-        return Path(os.environ["FUNCOPT_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "funcopt"
-
-
-def _build(name: str, compiler: str, cache: Path) -> Path:
-    source = _HERE / f"{name}.cc"
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+def _build_of(source: Path, command: tuple[str, ...]) -> _cache.Build:
+    timeout_s = _timeout_s()
+    _, version, _ = _cache.run([*command, "--version"], timeout_s)
     key = hashlib.sha256(
         "\0".join([source.read_text(), " ".join(_FLAGS), version, jaxlib.__version__,
                    _cpu_fingerprint()]).encode()
     ).hexdigest()[:16]
-    library = cache / f"{name}-{key}.so"
-    if library.exists():
-        return library
-    cache.mkdir(parents=True, exist_ok=True)
-    # Build under a temporary name, then rename: concurrent processes never see half a file.
-    fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=cache)
-    os.close(fd)
-    try:
-        command = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(source), "-o", tmp]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
-        os.chmod(tmp, 0o755)  # mkstemp's 0600 would lock other users of a shared cache out
-        os.replace(tmp, library)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return library
+    full = (*command, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(source))
+    return _cache.Build(full, f"{source.stem}-{key}.so", timeout_s)
 
 
-def _load(name: str, compiler: str) -> ctypes.CDLL:
-    """Builds (or finds) and loads the library: in the cache directory, or in a temporary one
-    if that is not writable; a cached file that does not load is rebuilt once."""
+def load(source: Path) -> ctypes.CDLL:
+    """The library compiled from C++ ``source``: from the cache, else built there; from a
+    private temporary folder if the cache cannot be written (EACCES, EROFS, EPERM) or is not
+    trusted (with a RuntimeWarning). Raises RuntimeError (no compiler, a failed or timed-out
+    build) or OSError (any other reason, which it names)."""
+    if _cache.fcntl is None:
+        raise RuntimeError("funcopt builds its kernels on POSIX systems only")
+    command = compiler()
+    if command is None:
+        cxx = os.environ.get("CXX")
+        raise RuntimeError(f"the compiler in $CXX ({cxx!r}) was not found" if cxx else
+                           "no C++ compiler found (tried $CXX, c++, g++, clang++)")
+    build = _build_of(Path(source), command)
     try:
-        library = _build(name, compiler, _cache_dir())
-    except OSError:
-        library = _build(name, compiler, Path(tempfile.mkdtemp(prefix="funcopt-")))
-    try:
-        return ctypes.cdll.LoadLibrary(str(library))
-    except OSError:
-        library.unlink(missing_ok=True)
-        return ctypes.cdll.LoadLibrary(str(_build(name, compiler, library.parent)))
+        return _cache.load_cached(cache_dir(), build)
+    except _cache.Refused as why:
+        warnings.warn(
+            f"funcopt does not trust its kernel cache: {why}. It builds {Path(source).name} in "
+            "a private temporary folder instead, on every run until this is fixed (make the "
+            "cache yours and writable by you only, or set FUNCOPT_CACHE_DIR).",
+            RuntimeWarning, stacklevel=3,
+        )
+    except OSError as err:
+        if err.errno not in _cache.NOT_WRITABLE:
+            raise
+    return _cache.load_private(build)
 
 
 @functools.cache
@@ -108,11 +131,8 @@ def target(name: str, symbol: str) -> str | None:
     built here."""
     if os.environ.get("FUNCOPT_DISABLE_KERNELS", "") not in ("", "0"):
         return None
-    compiler = _compiler()
     try:
-        if compiler is None:
-            raise RuntimeError("no C++ compiler found (tried $CXX, c++, g++, clang++)")
-        library = _load(name, compiler)
+        library = load(_HERE / f"{name}.cc")
         registered = f"funcopt_{symbol}"
         jax.ffi.register_ffi_target(registered, jax.ffi.pycapsule(getattr(library, symbol)),
                                     platform="cpu")
