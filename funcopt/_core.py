@@ -99,6 +99,12 @@ class Rule:
         default :meth:`scalars` and the (empty) group unchanged."""
         return self.scalars(count), group
 
+    def transform_grads(self, grads):
+        """The whole gradient pytree as the leaves see it: run once per update, before the
+        per-leaf loop (e.g. Keras' clipping, which needs the global norm). Identity by
+        default."""
+        return grads
+
     def init_leaf(self, p) -> tuple:
         """The per-leaf state fields (``State``'s fields after the count and the group) for
         ``p``, ``None`` where this leaf has no such entry."""
@@ -192,6 +198,7 @@ def prepare(rule: Rule, grads, state, params) -> Step:
     """Checks the inputs and flattens one update."""
     if params is None and rule.uses_params():
         raise ValueError(NO_PARAMS)
+    grads = rule.transform_grads(grads)
     treedef = jax.tree.structure(grads)
     n = treedef.num_leaves
     p_l = [None] * n if params is None else treedef.flatten_up_to(params)
