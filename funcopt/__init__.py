@@ -65,6 +65,14 @@ from funcopt._accumulation import gradient_accumulation as gradient_accumulation
 from funcopt._menu import get_optimizer as get_optimizer
 from funcopt._training_args import from_training_args as from_training_args
 
+# Trainer menu: bitsandbytes' 32-bit Lion, AdEMAMix and RMSprop.
+from funcopt._lion import LionState as LionState
+from funcopt._lion import lion as lion
+from funcopt._ademamix import AdEMAMixState as AdEMAMixState
+from funcopt._ademamix import ademamix as ademamix
+from funcopt._rmsprop_bnb import RMSpropBnbState as RMSpropBnbState
+from funcopt._rmsprop_bnb import rmsprop_bnb as rmsprop_bnb
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -82,3 +90,4 @@ __all__ = [
     "gradient_accumulation", "state_shardings",
 ]
 __all__ += ["get_optimizer", "from_training_args"]
+__all__ += ["LionState", "lion", "AdEMAMixState", "ademamix", "RMSpropBnbState", "rmsprop_bnb"]
