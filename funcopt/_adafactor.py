@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from funcopt import _checks
-from funcopt._numerics import (
-    NO_PARAMS,
-    divide,
-    f32,
-    find_state,
-    is_static,
-    learning_rate_at,
-    tree_leaves_like,
-    unfused,
-)
+from funcopt import _checks, _core
+from funcopt._numerics import divide, f32, find_state, is_static, learning_rate_at, unfused
 
 __all__ = ["AdafactorState", "adafactor", "adafactor_learning_rates"]
 
@@ -60,7 +52,8 @@ class AdafactorState(NamedTuple):
     exp_avg_sq: Any
 
 
-def _state_dtype(dtype):
+def state_dtype(dtype):
+    """Adafactor's state dtype for a parameter of ``dtype``: float32, float64 for float64."""
     return jnp.promote_types(dtype, f32).type
 
 
@@ -126,89 +119,132 @@ def adafactor(
       >>> optax.apply_updates(params, updates)["w"]
       Array([ 0.11, -0.19, -0.11], dtype=float32)
     """
-    if learning_rate is not None and relative_step:
-        raise ValueError(
-            f"learning_rate={learning_rate!r} cannot be combined with relative_step=True: "
-            "pass relative_step=False to use a manual learning rate, or learning_rate=None."
-        )
-    if warmup_init and not relative_step:
-        raise ValueError("warmup_init=True requires relative_step=True.")
-    if learning_rate is None and not relative_step:
-        raise ValueError(
-            "relative_step=False needs a learning_rate (a float >= 0 or a schedule); "
-            "transformers.Adafactor would fail on its first step with a TypeError."
-        )
-    if learning_rate is not None:
-        _checks.learning_rate("learning_rate", learning_rate)
-    if not (isinstance(eps, tuple | list) and len(eps) == 2):
-        raise ValueError(f"eps={eps!r} is invalid: it must be a pair (eps1, eps2).")
-    eps1, eps2 = eps
-    _checks.number("eps[0]", eps1, low=0.0)
-    _checks.number("eps[1]", eps2, low=0.0)
-    _checks.number("clip_threshold", clip_threshold, low=0.0, low_open=True)
-    _checks.number("decay_rate", decay_rate, high=0.0)
-    if beta1 is not None:
-        _checks.number("beta1", beta1, low=0.0, high=1.0, allowed="in [0.0, 1.0] or None")
-    _checks.number("weight_decay", weight_decay, low=0.0)
-    for name, flag in (("scale_parameter", scale_parameter), ("relative_step", relative_step),
-                       ("warmup_init", warmup_init)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {flag!r}.")
-    decays = not (is_static(weight_decay) and weight_decay == 0.0)
+    return _core.transformation(Adafactor.validated(
+        learning_rate, eps, clip_threshold, decay_rate, beta1, weight_decay, scale_parameter,
+        relative_step, warmup_init))
 
-    def init(params):
-        def leaf(p):
-            sd = _state_dtype(p.dtype)
-            factored = p.ndim >= 2
-            return (
-                jnp.zeros([], jnp.int32),
-                jnp.zeros([], sd),
-                jnp.zeros([], f32),
-                jnp.zeros_like(p, sd) if beta1 is not None else None,
-                # Reduced zeros: the factors' shapes and, on a mesh, p's sharding without the
-                # reduced axis (under jit XLA folds them to constants).
-                jnp.zeros_like(p, sd).sum(axis=-1) if factored else None,
-                jnp.zeros_like(p, sd).sum(axis=-2) if factored else None,
-                None if factored else jnp.zeros_like(p, sd),
+
+@dataclasses.dataclass(frozen=True)
+class Adafactor(_core.Rule):
+    r"""adafactor's validated hyperparameters and leaf functions.
+
+    A leaf's update is three steps, each its own method so that variants reuse them (GaLore
+    runs :meth:`scaled_update` on a projected gradient with moments of the projected shape):
+    :meth:`step_size` (the per-leaf learning rate :math:`\alpha`, also what the torch
+    bridge records), :meth:`scaled_update` (second moments, clipping, :math:`\alpha`,
+    first moment) and :meth:`param_update` (decay and the parameter's rounding).
+    """
+
+    State: ClassVar[type] = AdafactorState
+    needs_params: ClassVar[bool] = True  # the step size scales with RMS(p)
+    learning_rate: Any
+    eps1: Any
+    eps2: Any
+    clip_threshold: Any
+    decay_rate: Any
+    beta1: Any
+    weight_decay: Any
+    scale_parameter: bool
+    relative_step: bool
+    warmup_init: bool
+
+    @classmethod
+    def validated(cls, learning_rate=None, eps=(1e-30, 1e-3), clip_threshold=1.0,
+                  decay_rate=-0.8, beta1=None, weight_decay=0.0, scale_parameter=True,
+                  relative_step=True, warmup_init=False) -> Adafactor:
+        if learning_rate is not None and relative_step:
+            raise ValueError(
+                f"learning_rate={learning_rate!r} cannot be combined with relative_step=True: "
+                "pass relative_step=False to use a manual learning rate, or learning_rate=None."
             )
+        if warmup_init and not relative_step:
+            raise ValueError("warmup_init=True requires relative_step=True.")
+        if learning_rate is None and not relative_step:
+            raise ValueError(
+                "relative_step=False needs a learning_rate (a float >= 0 or a schedule); "
+                "transformers.Adafactor would fail on its first step with a TypeError."
+            )
+        if learning_rate is not None:
+            _checks.learning_rate("learning_rate", learning_rate)
+        if not (isinstance(eps, tuple | list) and len(eps) == 2):
+            raise ValueError(f"eps={eps!r} is invalid: it must be a pair (eps1, eps2).")
+        eps1, eps2 = eps
+        _checks.number("eps[0]", eps1, low=0.0)
+        _checks.number("eps[1]", eps2, low=0.0)
+        _checks.number("clip_threshold", clip_threshold, low=0.0, low_open=True)
+        _checks.number("decay_rate", decay_rate, high=0.0)
+        if beta1 is not None:
+            _checks.number("beta1", beta1, low=0.0, high=1.0, allowed="in [0.0, 1.0] or None")
+        _checks.number("weight_decay", weight_decay, low=0.0)
+        for name, flag in (("scale_parameter", scale_parameter),
+                           ("relative_step", relative_step), ("warmup_init", warmup_init)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {flag!r}.")
+        return cls(learning_rate, eps1, eps2, clip_threshold, decay_rate, beta1, weight_decay,
+                   scale_parameter, relative_step, warmup_init)
 
-        treedef = jax.tree.structure(params)
-        per_leaf = [leaf(p) for p in treedef.flatten_up_to(params)]
-        return _assemble(treedef, jnp.zeros([], jnp.int32), per_leaf)
+    def scalars(self, count):
+        """The learning rate at ``count`` (float32), or None under ``relative_step``."""
+        return None if self.relative_step else learning_rate_at(self.learning_rate, count)
 
-    def update(grads, state, params=None):
-        if params is None:
-            raise ValueError(NO_PARAMS)
-        treedef = jax.tree.structure(grads)
-        n = treedef.num_leaves
-        fields = [treedef.flatten_up_to(grads), treedef.flatten_up_to(params)] + [
-            tree_leaves_like(treedef, f, n) for f in state[1:]
-        ]
-        lr = None if relative_step else learning_rate_at(learning_rate, state.count)
-        out = [_leaf(lr, *args) for args in zip(*fields, strict=True)]
-        updates = jax.tree_util.tree_unflatten(treedef, [o[0] for o in out])
-        return updates, _assemble(treedef, optax.safe_increment(state.count),
-                                  [o[1:] for o in out])
+    def init_leaf(self, p) -> tuple:
+        """``(step, rms, lr, exp_avg, exp_avg_sq_row, exp_avg_sq_col, exp_avg_sq)``."""
+        sd = state_dtype(p.dtype)
+        return (jnp.zeros([], jnp.int32), jnp.zeros([], sd), jnp.zeros([], f32),
+                *self.init_moments(p))
 
-    def _leaf(lr, g, p, step, _rms_old, _lr_old, exp_avg, row, col, sq):
-        sd = _state_dtype(p.dtype)
+    def init_moments(self, x) -> tuple:
+        """Zero ``(exp_avg, exp_avg_sq_row, exp_avg_sq_col, exp_avg_sq)`` for gradients
+        shaped like ``x``, in :func:`state_dtype`; None where the reference keeps none."""
+        sd = state_dtype(x.dtype)
+        factored = x.ndim >= 2
+        return (
+            jnp.zeros_like(x, sd) if self.beta1 is not None else None,
+            # Reduced zeros: the factors' shapes and, on a mesh, x's sharding without the
+            # reduced axis (under jit XLA folds them to constants).
+            jnp.zeros_like(x, sd).sum(axis=-1) if factored else None,
+            jnp.zeros_like(x, sd).sum(axis=-2) if factored else None,
+            None if factored else jnp.zeros_like(x, sd),
+        )
+
+    def step_size(self, step, rms, lr):
+        r""":math:`\alpha`, a leaf's learning rate at its (incremented) ``step`` with the
+        parameter RMS ``rms``, in ``rms``'s dtype; ``lr`` is :meth:`scalars`'s value."""
+        sd = rms.dtype
         c = lambda x: jnp.asarray(x, sd)  # a hyperparameter, static or injected
-        g = g.astype(sd)
-        p32 = p.astype(sd)
-        step = optax.safe_increment(step)
-        t = step.astype(sd)
-        rms = _rms(p32)
-        if relative_step:
-            min_step = c(1e-6) * t if warmup_init else c(1e-2)
+        t = jnp.asarray(step).astype(sd)
+        if self.relative_step:
+            min_step = c(1e-6) * t if self.warmup_init else c(1e-2)
             rho = jnp.minimum(min_step, 1 / jnp.sqrt(t))
         else:
             rho = lr.astype(sd)
-        alpha = jnp.where(rms > eps2, rms * rho, c(eps2) * rho) if scale_parameter else rho
-        decay = jnp.power(t, c(decay_rate))  # 1 - beta2t
+        if self.scale_parameter:
+            return jnp.where(rms > self.eps2, rms * rho, c(self.eps2) * rho)
+        return rho
+
+    def update_leaf(self, lr, g, p, fields, decays):
+        """One leaf's ``(update, new_fields)``."""
+        step, _, _, *moments = fields
+        p32 = p.astype(state_dtype(p.dtype))
+        step = optax.safe_increment(step)
+        rms = _rms(p32)
+        alpha = self.step_size(step, rms, lr)
+        u, moments = self.scaled_update(g, step, alpha, moments)
+        return self.param_update(p, u, alpha, decays), (step, rms, alpha.astype(f32), *moments)
+
+    def scaled_update(self, g, step, alpha, moments):
+        """``(U, new_moments)``: the clipped, ``alpha``-scaled update for gradient ``g`` (with
+        ``beta1``, its running mean), from ``moments`` as :meth:`init_moments` shapes them.
+        Computed in ``alpha``'s dtype (the state dtype)."""
+        exp_avg, row, col, sq = moments
+        sd = alpha.dtype
+        c = lambda x: jnp.asarray(x, sd)  # a hyperparameter, static or injected
+        g = g.astype(sd)
+        decay = jnp.power(step.astype(sd), c(self.decay_rate))  # 1 - beta2t
         beta2t = 1 - decay
         # Sums put the product torch fuses (x.add_(y, alpha=a) is fma(a, y, x)) on the left,
         # where XLA contracts it into the same fused multiply-add.
-        u = unfused(g * g) + c(eps1)
+        u = unfused(g * g) + c(self.eps1)
         if row is not None:
             row = decay * jnp.mean(u, axis=-1) + row * beta2t
             col = decay * jnp.mean(u, axis=-2) + col * beta2t
@@ -218,36 +254,27 @@ def adafactor(
         else:
             sq = decay * u + sq * beta2t
             u = jax.lax.rsqrt(sq) * g
-        u = divide(u, jnp.maximum(_rms(u) / c(clip_threshold), c(1.0)))
+        u = divide(u, jnp.maximum(_rms(u) / c(self.clip_threshold), c(1.0)))
         u = u * alpha
-        if beta1 is not None:
+        if self.beta1 is not None:
+            beta1 = self.beta1
             one_minus_beta1 = c(1.0 - beta1) if is_static(beta1) else 1 - c(beta1)
             exp_avg = one_minus_beta1 * u + exp_avg * c(beta1)
             u = exp_avg
+        return u, (exp_avg, row, col, sq)
+
+    def param_update(self, p, u, alpha, decays: bool):
+        """The update that takes ``p`` to ``p - weight_decay * alpha * p - u`` rounded to
+        ``p``'s dtype, as the reference's in-place ops round it."""
+        sd = alpha.dtype
+        p32 = p.astype(sd)
         if decays:
-            new = (-jnp.asarray(weight_decay, sd) * alpha) * p32 + p32
+            new = (-jnp.asarray(self.weight_decay, sd) * alpha) * p32 + p32
             new = (new - u).astype(p.dtype)
-            update = (new.astype(sd) - p32).astype(p.dtype)
-        elif p.dtype != sd:
-            update = ((p32 - u).astype(p.dtype).astype(sd) - p32).astype(p.dtype)
-        else:
-            update = -u
-        return update, step, rms, alpha.astype(f32), exp_avg, row, col, sq
-
-    return optax.GradientTransformation(init, update)
-
-
-def _assemble(treedef, count, per_leaf):
-    columns = list(zip(*per_leaf, strict=True)) if per_leaf else [()] * 7
-    fields = []
-    for column in columns:
-        if all(x is None for x in column):
-            fields.append(None)
-        else:
-            fields.append(jax.tree_util.tree_unflatten(treedef, list(column)))
-    return AdafactorState(count, *fields)
-
-
+            return (new.astype(sd) - p32).astype(p.dtype)
+        if p.dtype != sd:
+            return ((p32 - u).astype(p.dtype).astype(sd) - p32).astype(p.dtype)
+        return -u
 
 
 def adafactor_learning_rates(state):

@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from funcopt import _checks, _names
-from funcopt._numerics import NO_PARAMS, divide, f32, is_static, learning_rate_at, unfused
+from funcopt import _checks, _core, _keras_clipping, _names
+from funcopt._numerics import f32, is_static, learning_rate_at, unfused
 
-__all__ = ["AdamWeightDecayState", "adam_weight_decay"]
+__all__ = ["AdamWeightDecayState", "KerasAdam", "adam_weight_decay"]
 
 
 class AdamWeightDecayState(NamedTuple):
@@ -36,119 +38,86 @@ class AdamWeightDecayState(NamedTuple):
     vhat: Any
 
 
-# --- TF's gradient clipping, with TF's exact formulas -----------------------------------
+class KerasScalars(NamedTuple):
+    """What every leaf of one :class:`KerasAdam` update shares (float32 scalars): the learning
+    rate, ``alpha = lr * sqrt(1 - b2**k) / (1 - b1**k)``, ``1 - b1``, ``1 - b2``, ``eps`` and the
+    decay rate."""
 
-def clip_by_value(grads, clip):
-    """``tf.clip_by_value(g, -clip, clip)`` on every leaf."""
-    return jax.tree.map(lambda g: jnp.clip(g, -clip, clip), grads)
-
-
-def clip_by_norm(grads, clip):
-    """``tf.clip_by_norm`` on every leaf: ``g * clip / max(||g||, clip)``."""
-
-    def one(g):
-        sq = jnp.sum(g * g)
-        norm = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1)), sq)
-        return divide(g * clip, jnp.maximum(norm, jnp.asarray(clip, g.dtype)))
-
-    return jax.tree.map(one, grads)
+    lr: jax.Array
+    alpha: jax.Array
+    one_minus_b1: jax.Array
+    one_minus_b2: jax.Array
+    eps: jax.Array
+    weight_decay: jax.Array
 
 
-def clip_by_global_norm(grads, clip):
-    """``tf.clip_by_global_norm``: ``g * clip * min(1/norm, 1/clip)`` (NaN for a non-finite
-    norm, as in TF)."""
-    leaves = jax.tree.leaves(grads)
-    half_squares = jnp.stack([jnp.sum(unfused(g * g)) * f32(0.5) for g in leaves])
-    norm = jnp.sqrt(jnp.sum(half_squares) * 2)
-    clip = jnp.asarray(clip, f32)
-    scale = clip * jnp.minimum(1 / norm, 1 / clip) + (norm - norm)
-    return jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+@dataclasses.dataclass(frozen=True)
+class KerasAdam(_core.Rule):
+    """The Keras Adam kernel (epsilon-hat form): validated hyperparameters and leaf functions.
 
-
-def _check_clips(clipnorm, clipvalue, global_clipnorm):
-    for name, value in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
-                        ("global_clipnorm", global_clipnorm)):
-        if value is not None:
-            _checks.number(name, value, low=0.0, low_open=True, allowed="> 0 or None")
-    if clipnorm is not None and global_clipnorm is not None:
-        raise ValueError(
-            f"clipnorm={clipnorm!r} and global_clipnorm={global_clipnorm!r} cannot both be set "
-            "(Keras refuses the pair): choose per-tensor or global norm clipping."
-        )
-
-
-def keras_adam(
-    learning_rate, b1, b2, eps, amsgrad, weight_decay_rate, decay_mask: Callable | None,
-    clip: Callable, legacy: bool,
-) -> optax.GradientTransformation:
-    """The Keras Adam kernel (epsilon-hat form), with optional decoupled decay applied first.
-
-    ``legacy`` picks the legacy kernel's ``1 - float32(beta)`` over the new optimizer's
-    ``float32(1 - beta)``; ``clip`` transforms the gradients first; ``decay_mask(params)``
-    lists, per leaf, whether it decays.
+    Decoupled decay (``weight_decay``, where ``mask`` selects) is applied first, as
+    ``AdamWeightDecay`` does; the gradients are clipped first of all (:meth:`transform_grads`,
+    ``funcopt._keras_clipping.clip``). ``legacy`` picks the legacy kernel's
+    ``1 - float32(beta)`` over the new optimizer's ``float32(1 - beta)``. Moments live in the
+    parameter's dtype (Keras' slots), computed in float32.
     """
 
-    def init(params):
-        zeros = lambda p: jnp.zeros_like(p)
-        return AdamWeightDecayState(
-            iterations=jnp.zeros([], jnp.int32),
-            m=jax.tree.map(zeros, params),
-            v=jax.tree.map(zeros, params),
-            vhat=jax.tree.map(zeros, params) if amsgrad else None,
-        )
+    State: ClassVar[type] = AdamWeightDecayState
+    learning_rate: Any
+    b1: Any
+    b2: Any
+    eps: Any
+    amsgrad: bool
+    weight_decay: Any
+    mask: Any
+    clipvalue: Any
+    clipnorm: Any
+    global_clipnorm: Any
+    legacy: bool
 
-    def one_minus(b):
+    def transform_grads(self, grads):
+        """Keras' clipping: ``clipvalue``, ``clipnorm``, ``global_clipnorm``."""
+        return _keras_clipping.clip(grads, self.clipvalue, self.clipnorm, self.global_clipnorm)
+
+    def _one_minus(self, b):
         if not is_static(b):
             return 1 - jnp.asarray(b, f32)
-        return 1 - f32(b) if legacy else f32(1.0 - b)
+        return 1 - f32(b) if self.legacy else f32(1.0 - b)
 
-    def update(grads, state, params=None):
-        decayed = decay_mask is not None
-        if decayed and params is None:
-            raise ValueError(NO_PARAMS)
-        grads = clip(grads)
-        lr = learning_rate_at(learning_rate, state.iterations)
-        k = optax.safe_increment(state.iterations).astype(f32)
-        b1p = jnp.power(jnp.asarray(b1, f32), k)
-        b2p = jnp.power(jnp.asarray(b2, f32), k)
-        alpha = lr * jnp.sqrt(1 - b2p) / (1 - b1p)
-        c1, c2, eps32 = one_minus(b1), one_minus(b2), jnp.asarray(eps, f32)
-        wd = jnp.asarray(weight_decay_rate, f32)
+    def scalars(self, count) -> KerasScalars:
+        """The float32 values every leaf of the update after ``count`` updates uses."""
+        lr = learning_rate_at(self.learning_rate, count)
+        k = optax.safe_increment(count).astype(f32)
+        b1p = jnp.power(jnp.asarray(self.b1, f32), k)
+        b2p = jnp.power(jnp.asarray(self.b2, f32), k)
+        return KerasScalars(
+            lr=lr, alpha=lr * jnp.sqrt(1 - b2p) / (1 - b1p),
+            one_minus_b1=self._one_minus(self.b1), one_minus_b2=self._one_minus(self.b2),
+            eps=jnp.asarray(self.eps, f32), weight_decay=jnp.asarray(self.weight_decay, f32))
 
-        treedef = jax.tree.structure(grads)
-        n = treedef.num_leaves
-        mask = decay_mask(params) if decayed else [False] * n
-        p_l = treedef.flatten_up_to(params) if params is not None else [None] * n
-        vhat_l = treedef.flatten_up_to(state.vhat) if amsgrad else [None] * n
-        out = []
-        for g, p, m, v, vhat, decays in zip(
-            treedef.flatten_up_to(grads), p_l, treedef.flatten_up_to(state.m),
-            treedef.flatten_up_to(state.v), vhat_l, mask, strict=True,
-        ):
-            # TF's Eigen kernels round every product: keep XLA from fusing multiply-adds.
-            g = g.astype(f32)
-            m = m + unfused((g - m.astype(f32)) * c1)
-            v = v + unfused((unfused(g * g) - v.astype(f32)) * c2)
-            if amsgrad:
-                vhat = jnp.maximum(vhat, v)
-            step = (m * alpha) / (jnp.sqrt(vhat if amsgrad else v) + eps32)
-            if decays:
-                p32 = p.astype(f32)
-                new = (p32 - (lr * p32) * wd) - step
-                u = new - p32
-            else:
-                u = -step
-            dtype = p.dtype if p is not None else g.dtype
-            out.append((u.astype(dtype), m.astype(dtype), v.astype(dtype),
-                        None if vhat is None else vhat.astype(dtype)))
-        field = lambda i: jax.tree_util.tree_unflatten(treedef, [o[i] for o in out])
-        new_state = AdamWeightDecayState(
-            optax.safe_increment(state.iterations), field(1), field(2),
-            field(3) if amsgrad else None,
-        )
-        return field(0), new_state
+    def init_leaf(self, p) -> tuple:
+        """``(m, v, vhat)``, zeros in the parameter's dtype (``vhat`` only with amsgrad)."""
+        return jnp.zeros_like(p), jnp.zeros_like(p), jnp.zeros_like(p) if self.amsgrad else None
 
-    return optax.GradientTransformation(init, update)
+    def update_leaf(self, s: KerasScalars, g, p, fields, decays):
+        """One leaf's ``(update, (m, v, vhat))``."""
+        m, v, vhat = fields
+        dtype = m.dtype
+        # TF's Eigen kernels round every product: keep XLA from fusing multiply-adds.
+        g = g.astype(f32)
+        m = m + unfused((g - m.astype(f32)) * s.one_minus_b1)
+        v = v + unfused((unfused(g * g) - v.astype(f32)) * s.one_minus_b2)
+        if self.amsgrad:
+            vhat = jnp.maximum(vhat, v)
+        step = (m * s.alpha) / (jnp.sqrt(vhat if self.amsgrad else v) + s.eps)
+        if decays:
+            p32 = p.astype(f32)
+            new = (p32 - (s.lr * p32) * s.weight_decay) - step
+            u = new - p32
+        else:
+            u = -step
+        return u.astype(dtype), (m.astype(dtype), v.astype(dtype),
+                                 vhat.astype(dtype) if self.amsgrad else None)
 
 
 def adam_weight_decay(
@@ -200,23 +169,10 @@ def adam_weight_decay(
     _checks.number("weight_decay_rate", weight_decay_rate, low=0.0)
     if not isinstance(amsgrad, bool):
         raise TypeError(f"amsgrad must be a bool, got {amsgrad!r}.")
-    _check_clips(clipnorm, clipvalue, global_clipnorm)
-    include = _names._compile(include_in_weight_decay, "include_in_weight_decay")
-    exclude = _names._compile(exclude_from_weight_decay, "exclude_from_weight_decay")
-
-    def clip(grads):
-        if clipvalue is not None:
-            grads = clip_by_value(grads, clipvalue)
-        if clipnorm is not None:
-            grads = clip_by_norm(grads, clipnorm)
-        if global_clipnorm is not None:
-            grads = clip_by_global_norm(grads, global_clipnorm)
-        return grads
-
-    def decay_mask(params):
-        names = jax.tree.leaves(_names.param_names(params))
-        return [_names.decays(name, include, exclude) for name in names]
-
-    no_decay = is_static(weight_decay_rate) and weight_decay_rate == 0.0
-    return keras_adam(learning_rate, b1, b2, eps, amsgrad, weight_decay_rate,
-                      None if no_decay else decay_mask, clip, legacy=True)
+    _keras_clipping.check_clips(clipnorm, clipvalue, global_clipnorm)
+    include = _names.compile_patterns(include_in_weight_decay, "include_in_weight_decay")
+    exclude = _names.compile_patterns(exclude_from_weight_decay, "exclude_from_weight_decay")
+    mask = functools.partial(_names.name_mask, include=include, exclude=exclude)
+    return _core.transformation(KerasAdam(
+        learning_rate, b1, b2, eps, amsgrad, weight_decay_rate, mask, clipvalue, clipnorm,
+        global_clipnorm, legacy=True))

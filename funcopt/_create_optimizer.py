@@ -6,14 +6,8 @@ from collections.abc import Sequence
 
 import optax
 
-from funcopt import _checks
-from funcopt._adam_weight_decay import (
-    _check_clips,
-    adam_weight_decay,
-    clip_by_global_norm,
-    clip_by_norm,
-    keras_adam,
-)
+from funcopt import _checks, _core, _keras_clipping
+from funcopt._adam_weight_decay import KerasAdam, adam_weight_decay
 
 __all__ = ["create_optimizer"]
 
@@ -69,7 +63,7 @@ def create_optimizer(
         )
     _checks.number("min_lr_ratio", min_lr_ratio, low=0.0)
     _checks.number("power", power, low=0.0)
-    _check_clips(adam_clipnorm, None, adam_global_clipnorm)
+    _keras_clipping.check_clips(adam_clipnorm, None, adam_global_clipnorm, prefix="adam_")
     schedule = polynomial_decay(
         init_lr, num_train_steps - num_warmup_steps, init_lr * min_lr_ratio, power
     )
@@ -88,16 +82,10 @@ def create_optimizer(
         _checks.number("adam_beta1", adam_beta1, low=0.0, high=1.0)
         _checks.number("adam_beta2", adam_beta2, low=0.0, high=1.0)
         _checks.number("adam_epsilon", adam_epsilon, low=0.0)
-
-        def clip(grads):  # the new Keras optimizer: clipnorm, else global_clipnorm
-            if adam_clipnorm is not None:
-                return clip_by_norm(grads, adam_clipnorm)
-            if adam_global_clipnorm is not None:
-                return clip_by_global_norm(grads, adam_global_clipnorm)
-            return grads
-
-        transformation = keras_adam(
-            schedule, adam_beta1, adam_beta2, adam_epsilon, amsgrad=False,
-            weight_decay_rate=0.0, decay_mask=None, clip=clip, legacy=False,
-        )
+        # The new Keras Adam: float32(1 - beta); clipnorm, else global_clipnorm (the pair is
+        # refused above, so clipping each that is set is the same).
+        transformation = _core.transformation(KerasAdam(
+            schedule, adam_beta1, adam_beta2, adam_epsilon, amsgrad=False, weight_decay=0.0,
+            mask=None, clipvalue=None, clipnorm=adam_clipnorm,
+            global_clipnorm=adam_global_clipnorm, legacy=False))
     return transformation, schedule

@@ -32,7 +32,9 @@ def param_names(params):
     )
 
 
-def _compile(patterns, argument: str) -> list[re.Pattern]:
+def compile_patterns(patterns, argument: str) -> list[re.Pattern]:
+    """``patterns`` (None, a regex string, or a sequence of regex strings or compiled
+    patterns) compiled; ``TypeError``/``ValueError`` naming ``argument`` otherwise."""
     if patterns is None:
         return []
     if isinstance(patterns, str):
@@ -43,6 +45,9 @@ def _compile(patterns, argument: str) -> list[re.Pattern]:
         )
     compiled = []
     for pattern in patterns:
+        if isinstance(pattern, re.Pattern):
+            compiled.append(pattern)
+            continue
         if not isinstance(pattern, str):
             raise TypeError(f"{argument} must contain regex strings, got {pattern!r}.")
         try:
@@ -72,6 +77,6 @@ def name_mask(params, include=None, exclude=None):
     >>> name_mask(params, exclude=["bias", "LayerNorm"])
     {'LayerNorm': {'scale': False}, 'dense': {'bias': False, 'kernel': True}}
     """
-    inc = _compile(include, "include")
-    exc = _compile(exclude, "exclude")
+    inc = compile_patterns(include, "include")
+    exc = compile_patterns(exclude, "exclude")
     return jax.tree.map(lambda name: decays(name, inc, exc), param_names(params))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 
 f32 = jnp.float32
@@ -67,21 +66,6 @@ def rounder(dtype):
     if jnp.dtype(dtype) == jnp.dtype(f32):
         return lambda x: x
     return lambda x: x.astype(dtype).astype(f32)
-
-
-def tree_leaves_like(treedef, tree, n):
-    """The leaves of ``tree`` at ``treedef``'s leaf positions; ``None`` (absent) for every
-    position when ``tree`` itself is None."""
-    if tree is None:
-        return [None] * n
-    return treedef.flatten_up_to(tree)
-
-
-def unflatten(treedef, leaves, absent_if_all_none=True):
-    """Rebuilds a state field; an all-``None`` field collapses to ``None``."""
-    if absent_if_all_none and all(x is None for x in leaves):
-        return None
-    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def find_state(state, cls):

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from compilations import compilations
 
 import funcopt
 
@@ -71,10 +72,11 @@ def test_inject_hyperparams_no_recompile(name):
         return optax.apply_updates(params, updates), state
 
     params = PARAMS
-    for k, lr in enumerate([0.05, 0.01, 0.2, 0.0]):
-        state.hyperparams["lr"] = jnp.asarray(lr, jnp.float32)
-        params, state = step(params, state, grads_at(k))
-    assert step._cache_size() == 1
+    with compilations() as compiled:
+        for k, lr in enumerate([0.05, 0.01, 0.2, 0.0]):
+            state.hyperparams["lr"] = jnp.asarray(lr, jnp.float32)
+            params, state = step(params, state, grads_at(k))
+    assert compiled.count("jit(step)") == 1
     plain, _ = run(OPTIMIZERS[name](0.05), steps=1)
     injected = optax.inject_hyperparams(OPTIMIZERS[name])(lr=0.05)
     one, _ = step(PARAMS, injected.init(PARAMS), grads_at(0))
@@ -86,10 +88,15 @@ def test_inject_hyperparams_no_recompile(name):
 def test_schedule_no_recompile(name):
     opt = OPTIMIZERS[name](lambda count: 0.1 / (1.0 + count))
     state = opt.init(PARAMS)
-    step = jax.jit(lambda p, s, g: opt.update(g, s, p))
-    for k in range(4):
-        _, state = step(PARAMS, state, grads_at(k))
-    assert step._cache_size() == 1
+
+    @jax.jit
+    def step(params, state, grads):
+        return opt.update(grads, state, params)
+
+    with compilations() as compiled:
+        for k in range(4):
+            _, state = step(PARAMS, state, grads_at(k))
+    assert compiled.count("jit(step)") == 1
 
 
 def test_inject_hyperparams_all_numeric_args():
