@@ -73,6 +73,10 @@ from funcopt._ademamix import ademamix as ademamix
 from funcopt._rmsprop_bnb import RMSpropBnbState as RMSpropBnbState
 from funcopt._rmsprop_bnb import rmsprop_bnb as rmsprop_bnb
 
+# Trainer menu: GrokAdamW, optimi's StableAdamW, GaLore.
+from funcopt._grokadamw import GrokAdamWState as GrokAdamWState
+from funcopt._grokadamw import grokadamw as grokadamw
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -91,3 +95,4 @@ __all__ = [
 ]
 __all__ += ["get_optimizer", "from_training_args"]
 __all__ += ["LionState", "lion", "AdEMAMixState", "ademamix", "RMSpropBnbState", "rmsprop_bnb"]
+__all__ += ["GrokAdamWState", "grokadamw"]
