@@ -76,6 +76,8 @@ from funcopt._rmsprop_bnb import rmsprop_bnb as rmsprop_bnb
 # Trainer menu: GrokAdamW, optimi's StableAdamW, GaLore.
 from funcopt._grokadamw import GrokAdamWState as GrokAdamWState
 from funcopt._grokadamw import grokadamw as grokadamw
+from funcopt._stable_adamw import StableAdamWState as StableAdamWState
+from funcopt._stable_adamw import stable_adamw as stable_adamw
 
 __version__ = "0.1.0"
 
@@ -95,4 +97,4 @@ __all__ = [
 ]
 __all__ += ["get_optimizer", "from_training_args"]
 __all__ += ["LionState", "lion", "AdEMAMixState", "ademamix", "RMSpropBnbState", "rmsprop_bnb"]
-__all__ += ["GrokAdamWState", "grokadamw"]
+__all__ += ["GrokAdamWState", "grokadamw", "StableAdamWState", "stable_adamw"]

@@ -66,8 +66,8 @@ def bitwise(pairs) -> bool:
     return all(np.array_equal(as_np(a), as_np(b)) for a, b in pairs)
 
 
-def report(label, dev, noise=None, exact=None):
-    """Prints one figure, the reference's own float32-vs-float64 noise beside it."""
+def report(label, dev, noise=None, exact=None, dtype="float32"):
+    """Prints one figure, the reference's own ``dtype``-vs-float64 noise beside it."""
     extra = "" if exact is None else f"  bitwise={exact}"
-    beside = "" if noise is None else f"  (reference float32 vs float64: {noise:.2e})"
+    beside = "" if noise is None else f"  (reference {dtype} vs float64: {noise:.2e})"
     print(f"{label}: worst relative deviation {dev:.2e}{beside}{extra}")
