@@ -28,26 +28,30 @@ from funcopt._names import name_mask as name_mask
 from funcopt._names import param_names as param_names
 
 # Schedules (HF's LambdaLR family, TF's warmup), get_scheduler, reduce-on-plateau.
-from funcopt._schedules import get_constant_schedule as get_constant_schedule
-from funcopt._schedules import (
+from funcopt._lambda_schedules_power import get_constant_schedule as get_constant_schedule
+from funcopt._lambda_schedules_power import (
     get_constant_schedule_with_warmup as get_constant_schedule_with_warmup,
 )
-from funcopt._schedules import get_linear_schedule_with_warmup as get_linear_schedule_with_warmup
-from funcopt._schedules import get_cosine_schedule_with_warmup as get_cosine_schedule_with_warmup
-from funcopt._schedules import (
+from funcopt._lambda_schedules_power import (
+    get_linear_schedule_with_warmup as get_linear_schedule_with_warmup,
+)
+from funcopt._lambda_schedules_cosine import (
+    get_cosine_schedule_with_warmup as get_cosine_schedule_with_warmup,
+)
+from funcopt._lambda_schedules_cosine import (
     get_cosine_with_hard_restarts_schedule_with_warmup as get_cosine_with_hard_restarts_schedule_with_warmup,  # noqa: E501
 )
-from funcopt._schedules import (
+from funcopt._lambda_schedules_power import (
     get_polynomial_decay_schedule_with_warmup as get_polynomial_decay_schedule_with_warmup,
 )
-from funcopt._schedules import get_inverse_sqrt_schedule as get_inverse_sqrt_schedule
-from funcopt._schedules import (
+from funcopt._lambda_schedules_power import get_inverse_sqrt_schedule as get_inverse_sqrt_schedule
+from funcopt._lambda_schedules_cosine import (
     get_cosine_with_min_lr_schedule_with_warmup as get_cosine_with_min_lr_schedule_with_warmup,
 )
-from funcopt._schedules import get_wsd_schedule as get_wsd_schedule
-from funcopt._tf_schedules import warmup as warmup
-from funcopt._scheduler import SchedulerType as SchedulerType
-from funcopt._scheduler import get_scheduler as get_scheduler
+from funcopt._lambda_schedules_wsd import get_wsd_schedule as get_wsd_schedule
+from funcopt._warmup_decay import warmup as warmup
+from funcopt._get_scheduler import SchedulerType as SchedulerType
+from funcopt._get_scheduler import get_scheduler as get_scheduler
 from funcopt._plateau import ReduceOnPlateauState as ReduceOnPlateauState
 from funcopt._plateau import reduce_on_plateau as reduce_on_plateau
 
@@ -76,8 +80,13 @@ from funcopt._rmsprop_bnb import rmsprop_bnb as rmsprop_bnb
 # Trainer menu: GrokAdamW, optimi's StableAdamW, GaLore.
 from funcopt._grokadamw import GrokAdamWState as GrokAdamWState
 from funcopt._grokadamw import grokadamw as grokadamw
-from funcopt._stable_adamw import StableAdamWState as StableAdamWState
-from funcopt._stable_adamw import stable_adamw as stable_adamw
+
+# Schedules transformers 5.x added: cosine_warmup_with_min_lr and GreedyLR ("greedy").
+from funcopt._lambda_schedules_cosine import (
+    get_cosine_with_min_lr_schedule_with_warmup_lr_rate as get_cosine_with_min_lr_schedule_with_warmup_lr_rate,  # noqa: E501
+)
+from funcopt._greedy_lr import GreedyLRState as GreedyLRState
+from funcopt._greedy_lr import greedy_lr as greedy_lr
 
 __version__ = "0.1.0"
 
@@ -97,4 +106,5 @@ __all__ = [
 ]
 __all__ += ["get_optimizer", "from_training_args"]
 __all__ += ["LionState", "lion", "AdEMAMixState", "ademamix", "RMSpropBnbState", "rmsprop_bnb"]
-__all__ += ["GrokAdamWState", "grokadamw", "StableAdamWState", "stable_adamw"]
+__all__ += ["GrokAdamWState", "grokadamw"]
+__all__ += ["get_cosine_with_min_lr_schedule_with_warmup_lr_rate", "GreedyLRState", "greedy_lr"]

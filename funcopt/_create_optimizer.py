@@ -50,7 +50,7 @@ def create_optimizer(
       >>> [round(float(schedule(i)), 4) for i in (0, 1, 3, 10)]
       [0.0, 0.3333, 1.0, 0.0]
     """
-    from funcopt._tf_schedules import polynomial_decay, warmup
+    from funcopt._warmup_decay import polynomial_decay, warmup
 
     _checks.number("init_lr", init_lr, low=0.0)
     num_train_steps = _checks.integer("num_train_steps", num_train_steps, low=1)

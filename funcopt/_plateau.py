@@ -3,6 +3,8 @@ pure optax transformation that scales the updates."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -48,6 +50,66 @@ class ReduceOnPlateauState(NamedTuple):
     num_bad_epochs: jax.Array
     cooldown_counter: jax.Array
     last_epoch: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    """The validated hyperparameters (hashable: the step's static argument); ``min_lr`` and
+    ``eps`` divided by the base learning rate."""
+
+    mode: str
+    threshold_mode: str
+    factor: float
+    patience: int
+    cooldown: int
+    threshold: float
+    min_scale: float
+    eps_scale: float
+
+    @property
+    def sign(self) -> float:
+        return 1.0 if self.mode == "min" else -1.0
+
+
+@functools.lru_cache(maxsize=64)
+def _powers(factor):
+    """``factor**n`` correctly rounded to float32 (torch multiplies in float64; a float32
+    running product would drift by an ulp per reduction)."""
+    return np.array([factor**n for n in range(_TABLE)], np.float32)
+
+
+def _is_better(cfg, a, best):
+    if cfg.threshold_mode == "rel":
+        rel_epsilon = 1.0 - cfg.sign * cfg.threshold  # torch: 1 - threshold or threshold + 1
+        bound = best * jnp.asarray(rel_epsilon, best.dtype)
+    else:
+        bound = best - cfg.sign * jnp.asarray(cfg.threshold, best.dtype)
+    return a < bound if cfg.mode == "min" else a > bound
+
+
+@functools.partial(jax.jit, static_argnums=0)  # one small compiled step: eager calls are fast
+def _step(cfg, state, value):
+    """torch's ``scheduler.step(value)``."""
+    current = value.reshape(()).astype(state.best.dtype)
+    better = _is_better(cfg, current, state.best)
+    bad = jnp.where(better, 0, state.num_bad_epochs + 1)
+    in_cooldown = state.cooldown_counter > 0
+    bad = jnp.where(in_cooldown, 0, bad)  # bad evaluations in cooldown are ignored
+    reduce = bad > cfg.patience
+    n = state.num_reductions + 1
+    power = jnp.where(n < _TABLE, jnp.asarray(_powers(cfg.factor))[jnp.minimum(n, _TABLE - 1)],
+                      state.scale * np.float32(cfg.factor))  # beyond the table: multiply
+    reduced = jnp.maximum(power, np.float32(cfg.min_scale))
+    apply = reduce & (state.scale - reduced > cfg.eps_scale)
+    cooldown_counter = state.cooldown_counter - in_cooldown
+    return ReduceOnPlateauState(
+        scale=jnp.where(apply, reduced, state.scale),
+        num_reductions=jnp.where(apply, n, state.num_reductions),
+        best=jnp.where(better, current, state.best),
+        num_bad_epochs=jnp.where(reduce, 0, bad).astype(jnp.int32),
+        cooldown_counter=jnp.where(reduce, cfg.cooldown, cooldown_counter).astype(jnp.int32),
+        last_epoch=optax.safe_increment(state.last_epoch),
+    )
 
 
 def reduce_on_plateau(
@@ -121,28 +183,17 @@ def reduce_on_plateau(
     """
     _checks.choice("mode", mode, ("min", "max"))
     _checks.choice("threshold_mode", threshold_mode, ("rel", "abs"))
-    factor = _static_number("factor", factor, low=0.0, high=1.0, high_open=True,
-                            allowed="in [0.0, 1.0) (torch: 'Factor should be < 1.0.')")
+    factor = _checks.static_number("factor", factor, low=0.0, high=1.0, high_open=True,
+                                   allowed="in [0.0, 1.0) (torch: 'Factor should be < 1.0.')")
     patience = _checks.integer("patience", patience, low=0)
     cooldown = _checks.integer("cooldown", cooldown, low=0)
-    threshold = _static_number("threshold", threshold, low=0.0)
-    min_lr = _static_number("min_lr", min_lr, low=0.0)
-    eps = _static_number("eps", eps, low=0.0)
-    base = _static_number("base_learning_rate", base_learning_rate, low=0.0, low_open=True)
-    min_scale, eps_scale = min_lr / base, eps / base
-    sign = 1.0 if mode == "min" else -1.0
-    rel_epsilon = 1.0 - sign * threshold  # torch: 1 - threshold ("min") or threshold + 1
-
-    # factor**n correctly rounded to float32 (torch multiplies in float64; a float32 running
-    # product would drift by an ulp per reduction).
-    powers = np.array([factor**n for n in range(_TABLE)], np.float32)
-
-    def is_better(a, best):
-        if threshold_mode == "rel":
-            bound = best * jnp.asarray(rel_epsilon, best.dtype)
-        else:
-            bound = best - sign * jnp.asarray(threshold, best.dtype)
-        return a < bound if mode == "min" else a > bound
+    threshold = _checks.static_number("threshold", threshold, low=0.0)
+    min_lr = _checks.static_number("min_lr", min_lr, low=0.0)
+    eps = _checks.static_number("eps", eps, low=0.0)
+    base = _checks.static_number("base_learning_rate", base_learning_rate, low=0.0, low_open=True)
+    cfg = _Config(mode=mode, threshold_mode=threshold_mode, factor=factor, patience=patience,
+                  cooldown=cooldown, threshold=threshold, min_scale=min_lr / base,
+                  eps_scale=eps / base)
 
     def init(params):
         del params
@@ -150,34 +201,10 @@ def reduce_on_plateau(
         return ReduceOnPlateauState(
             scale=jnp.ones([], jnp.float32),
             num_reductions=jnp.zeros([], jnp.int32),
-            best=jnp.asarray(sign * jnp.inf, dtype),
+            best=jnp.asarray(cfg.sign * jnp.inf, dtype),
             num_bad_epochs=jnp.zeros([], jnp.int32),
             cooldown_counter=jnp.zeros([], jnp.int32),
             last_epoch=jnp.zeros([], jnp.int32),
-        )
-
-    @jax.jit  # one small compiled step: eager calls are fast; inlined under an outer jit
-    def step(state, value):
-        """torch's ``scheduler.step(value)``."""
-        current = value.reshape(()).astype(state.best.dtype)
-        better = is_better(current, state.best)
-        bad = jnp.where(better, 0, state.num_bad_epochs + 1)
-        in_cooldown = state.cooldown_counter > 0
-        bad = jnp.where(in_cooldown, 0, bad)  # bad evaluations in cooldown are ignored
-        reduce = bad > patience
-        n = state.num_reductions + 1
-        power = jnp.where(n < _TABLE, jnp.asarray(powers)[jnp.minimum(n, _TABLE - 1)],
-                          state.scale * np.float32(factor))  # beyond the table: multiply
-        reduced = jnp.maximum(power, np.float32(min_scale))
-        apply = reduce & (state.scale - reduced > eps_scale)
-        cooldown_counter = state.cooldown_counter - in_cooldown
-        return ReduceOnPlateauState(
-            scale=jnp.where(apply, reduced, state.scale),
-            num_reductions=jnp.where(apply, n, state.num_reductions),
-            best=jnp.where(better, current, state.best),
-            num_bad_epochs=jnp.where(reduce, 0, bad).astype(jnp.int32),
-            cooldown_counter=jnp.where(reduce, cooldown, cooldown_counter).astype(jnp.int32),
-            last_epoch=optax.safe_increment(state.last_epoch),
         )
 
     def update(updates, state, params=None, *, value, **extra_args):
@@ -187,15 +214,7 @@ def reduce_on_plateau(
             raise ValueError(
                 f"value must be a scalar (the monitored metric), got shape {value.shape}."
             )
-        state = step(state, value)
+        state = _step(cfg, state, value)
         return jax.tree.map(lambda u: u * state.scale.astype(u.dtype), updates), state
 
     return optax.GradientTransformationExtraArgs(init, update)
-
-
-def _static_number(name, value, **bounds):
-    _checks.number(name, value, **bounds)
-    v = _checks.concrete(value)
-    if v is None:
-        raise TypeError(f"{name} must be a concrete number (it is static), got a tracer.")
-    return v

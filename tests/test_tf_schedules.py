@@ -11,7 +11,7 @@ from conftest import golden, reference
 
 import funcopt
 from funcopt import warmup
-from funcopt._tf_schedules import polynomial_decay
+from funcopt._warmup_decay import polynomial_decay
 
 GOLDEN_TF = golden("golden_tf")
 ULP = 1.2e-7  # one float32 ulp, relative

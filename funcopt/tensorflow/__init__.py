@@ -11,8 +11,10 @@ Importing this module sets ``TF_USE_LEGACY_KERAS=1`` (unless already set) before
 as transformers does. Arrays cross between TF and JAX by DLPack, zero-copy.
 """
 
+from funcopt.tensorflow._learning_rate_schedule import (
+    learning_rate_schedule as learning_rate_schedule,
+)
 from funcopt.tensorflow._optimizer import Optimizer as Optimizer
-from funcopt.tensorflow._schedule import learning_rate_schedule as learning_rate_schedule
 from funcopt.tensorflow._state import state_from_keras as state_from_keras
 from funcopt.tensorflow._state import state_to_keras as state_to_keras
 

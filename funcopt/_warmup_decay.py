@@ -1,4 +1,5 @@
-r"""The TensorFlow side's schedules: transformers' ``WarmUp`` and Keras' ``PolynomialDecay``.
+r"""The schedule of transformers' TF ``create_optimizer``: its ``WarmUp`` and Keras'
+``PolynomialDecay``.
 
 Both compute in float32 with TensorFlow's order of operations and roundings, so they
 reproduce the reference bit for bit (up to TF's and XLA's ``pow`` for powers other than 1).
@@ -17,23 +18,15 @@ import numpy as np
 from funcopt import _checks
 from funcopt._numerics import divide, unfused
 
-__all__ = ["warmup"]
+__all__ = ["warmup", "polynomial_decay"]
 
 f32 = jnp.float32
-
-
 
 
 def _steps(name, value):
     """A number of steps >= 0; an integer stays an integer (TF subtracts it from the step)."""
     v = _checks.static_number(name, value, low=0.0)
     return int(value) if isinstance(value, numbers.Integral) else v
-
-
-
-
-
-
 
 
 @jax.jit
@@ -122,18 +115,20 @@ def polynomial_decay(initial_learning_rate, decay_steps, end_learning_rate=0.000
         ``end_learning_rate`` from the start (``num_train_steps < num_warmup_steps``).
 
     Example:
-      >>> from funcopt._tf_schedules import polynomial_decay
+      >>> from funcopt._warmup_decay import polynomial_decay
       >>> schedule = polynomial_decay(1.0, decay_steps=4, end_learning_rate=0.0)
       >>> [float(schedule(s)) for s in range(6)]
       [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
     """
-    decay_steps = _checks.static_number("decay_steps", decay_steps, low=0.0, low_open=True,
-                          allowed="> 0 (Keras' PolynomialDecay gives NaN for 0 and only "
-                                  "end_learning_rate below)")
+    decay_steps = _checks.static_number(
+        "decay_steps", decay_steps, low=0.0, low_open=True,
+        allowed="> 0 (Keras' PolynomialDecay gives NaN for 0 and only end_learning_rate below)",
+    )
     return functools.partial(
         _polynomial_decay,
-        initial_learning_rate=_checks.static_number("initial_learning_rate", initial_learning_rate,
-                                      allowed="a number"),
+        initial_learning_rate=_checks.static_number(
+            "initial_learning_rate", initial_learning_rate, allowed="a number"
+        ),
         decay_steps=decay_steps,
         end_learning_rate=_checks.static_number(
             "end_learning_rate", end_learning_rate, allowed="a number"
