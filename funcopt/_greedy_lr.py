@@ -348,6 +348,9 @@ def greedy_lr(
     Every comparison and every update of :math:`\eta`, the best metric and the window's sum
     is torch's float64 operation (see the module's notes), so the decisions and :math:`\eta`
     are torch's bit for bit; ``scale`` is :math:`\eta / \text{base}` rounded to float32.
+    The metric is read as torch's ``float(metric)``: eagerly a Python float keeps its float64
+    digits; a traced metric (an update under ``jit`` without x64) is already float32, as a
+    float32 loss tensor is in torch.
     ``min_lr``, ``max_lr`` and ``eps`` are absolute learning rates, as in torch: note that the
     default ``min_lr`` (1e-3) is above common learning rates (the Trainer's default is 5e-5),
     and then, in torch as here, the learning rate never goes down.
