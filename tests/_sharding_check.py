@@ -52,8 +52,6 @@ COLLECTIVES = ["all-gather", "all-reduce", "reduce-scatter", "all-to-all",
                "collective-permute"]
 
 
-
-
 def spec_of(x, ndim):
     """A sharding's PartitionSpec as a list of length ndim (None where not sharded)."""
     spec = list(getattr(x.sharding, "spec", P()))

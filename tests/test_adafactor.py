@@ -12,8 +12,6 @@ import funcopt
 MANUAL = dict(learning_rate=1e-2, relative_step=False, scale_parameter=False)
 
 
-
-
 def test_golden_hf_test_problem(golden_pt):
     trajectory, _ = train_mse(funcopt.adafactor(**MANUAL), [0.1, -0.2, -0.1],
                               [0.4, 0.2, -0.5], 1000)

@@ -256,6 +256,29 @@ def test_converted_state_has_the_init_structure(dtype):
             assert jnp.array_equal(got, want)
 
 
+def test_adafactor_step_sizes_from_torch_are_the_references():
+    """state_from_torch fills funcopt.adafactor's ``lr`` (which torch does not keep) with the
+    optimizer's own step_size, per leaf and per param group: what transformers'
+    AdafactorSchedule reads off the reference run (each group's first parameter)."""
+    reference, converted = None, []
+    for make in (transformers.Adafactor, funcopt.torch.Adafactor):
+        model = make_model()
+        named = list(model.named_parameters())
+        opt = make([{"params": [p for _, p in named if p.ndim >= 2]},
+                    {"params": [p for _, p in named if p.ndim < 2], "warmup_init": True,
+                     "scale_parameter": False}])
+        train(model, opt, 3)
+        if reference is None:
+            schedule = transformers.optimization.AdafactorSchedule(opt)
+            reference = [float(x) for x in schedule.get_lr()]
+        params = [jnp.asarray(p.detach().numpy()) for g in opt.param_groups for p in g["params"]]
+        lrs = funcopt.adafactor_learning_rates(funcopt.torch.state_from_torch(opt, params))
+        converted.append([float(lrs[0]), float(lrs[len(opt.param_groups[0]["params"])])])
+    assert reference[1] == pytest.approx(3e-6, rel=1e-6)  # warmup_init: 1e-6 * t
+    for lrs in converted:  # from transformers.Adafactor, from funcopt.torch.Adafactor
+        assert lrs == pytest.approx(reference, rel=1e-6)
+
+
 def test_skipped_parameters_convert_per_leaf():
     model = make_model()
     opt = funcopt.torch.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)

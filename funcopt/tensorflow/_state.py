@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from funcopt._adam_weight_decay import AdamWeightDecayState
+from funcopt import AdamWeightDecayState
 from funcopt.tensorflow import _slots
 from funcopt.tensorflow._tf import to_jax, to_tf
 from funcopt.tensorflow._variables import as_variable_list, check_match

@@ -2,8 +2,9 @@
 
 Import it explicitly (``import funcopt.torch``); ``import funcopt`` does not need torch.
 
-* :class:`Optimizer` runs ``funcopt.adamw`` / ``funcopt.adafactor`` jitted on torch
-  parameters; :class:`AdamW` and :class:`Adafactor` are drop-in replacements for
+* :class:`Optimizer` runs ``funcopt.adamw`` / ``funcopt.adafactor`` (any optimizer with a
+  torch layout: ``funcopt/torch/_registry.py``) jitted on torch parameters; :class:`AdamW`
+  and :class:`Adafactor` are drop-in replacements for
   ``transformers.AdamW`` and ``transformers.Adafactor`` (same signatures, numbers and state
   dicts).
 * :func:`state_from_torch` / :func:`state_to_torch` move optimizer state between a torch

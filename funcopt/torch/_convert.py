@@ -7,7 +7,9 @@ Supported pairs (torch optimizer -> JAX transformation whose state is produced/c
 * ``transformers.Adafactor``, ``funcopt.torch.Adafactor``, ``funcopt.torch.Optimizer(...,
   funcopt.adafactor)`` -> ``funcopt.adafactor`` (``AdafactorState``);
 * ``torch.optim.AdamW`` -> ``optax.adamw`` (``(ScaleByAdamState(count, mu, nu), EmptyState(),
-  EmptyState())``, one count for all parameters).
+  EmptyState())``, one count for all parameters);
+* likewise every optimizer registered in ``funcopt/torch/_registry.py``: its reference
+  classes and ``funcopt.torch.Optimizer`` running it, through its layout.
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ import numpy as np
 import optax
 import torch
 
-import funcopt
 from funcopt._numerics import find_state
-from funcopt.torch import _dlpack, _layouts
+from funcopt.torch import _dlpack, _layouts, _registry
 from funcopt.torch._optimizer import Optimizer
 
 __all__ = ["state_from_torch", "state_to_torch"]
@@ -28,55 +29,54 @@ __all__ = ["state_from_torch", "state_to_torch"]
 _INT32_MAX = 2**31 - 1
 
 
-def _has_class(obj, module, name):
-    return any(c.__module__ == module and c.__name__ == name for c in type(obj).__mro__)
-
-
 class _Side:
-    """How to read and write one torch optimizer class's per-parameter state."""
+    """One torch optimizer's state through its layout: ``config(group)`` gives a param
+    group's funcopt keywords; ``reference`` is None for a ``funcopt.torch.Optimizer``."""
 
-    def __init__(self, optimizer, layout, config, state_dtype, target):
-        self.optimizer, self.layout, self.config = optimizer, layout, config
-        self.state_dtype, self.target = state_dtype, target
+    def __init__(self, optimizer, layout, config, reference):
+        self.optimizer, self.layout, self.reference = optimizer, layout, reference
+        self._config = config
 
-    def expected(self, p, group):
-        keys = self.layout.keys(p.shape, self.config(group))
-        return [(k, self.layout.key_shape(k, p.shape)) for k in keys]
+    @property
+    def target(self) -> str:
+        return f"{self.layout.name} ({self.layout.state_type.__name__})"
+
+    def config(self, group) -> dict:
+        config = dict(self._config(group))
+        if isinstance(config.get("learning_rate"), torch.Tensor):  # torch allows a tensor lr
+            config["learning_rate"] = float(config["learning_rate"])
+        return config
+
+    def rule(self, group):
+        return self.layout.rule(self.config(group))
+
+    def expected(self, p, group) -> tuple[_layouts.Entry, ...]:
+        return self.layout.entries(self.config(group), p.shape, _dlpack.jax_dtype(p.dtype))
 
     def write(self, p, group, step, arrays):
-        if isinstance(self.optimizer, Optimizer):
-            self.optimizer._set_param_state(p, step, arrays, group)
+        if self.reference is None:
+            self.optimizer.set_param_state(p, step, arrays, group)
             return
         self.optimizer.state.pop(p, None)
         if step:
-            state = {"step": int(step)}
-            for key, _ in self.expected(p, group):
-                dtype = jnp.float32 if key == "RMS" else self.state_dtype(p)
+            state = {"step": self.reference.step_value(step, p.device)}
+            for key, _, dtype in self.expected(p, group):
                 state[key] = _dlpack.to_torch_owned(arrays[key].astype(dtype), p.device)
             self.optimizer.state[p] = state
 
 
 def _side(optimizer, caller):
     if isinstance(optimizer, Optimizer):
-        layout = optimizer._layout
-        return _Side(optimizer, layout, optimizer._config, optimizer._state_dtype,
-                     f"{layout.name} ({layout.state_type.__name__})")
-    if _has_class(optimizer, "transformers.optimization", "AdamW"):
-        return _Side(optimizer, _layouts.ADAMW, _layouts.hf_adamw_config,
-                     lambda p: _dlpack.jax_dtype(p.dtype), "funcopt.adamw (AdamWState)")
-    if _has_class(optimizer, "transformers.optimization", "Adafactor"):
-        layout = _layouts.ADAFACTOR
-        return _Side(optimizer, layout, _layouts.hf_adafactor_config,
-                     lambda p: layout.state_dtype(_dlpack.jax_dtype(p.dtype)),
-                     "funcopt.adafactor (AdafactorState)")
+        return _Side(optimizer, optimizer.layout, optimizer.group_config, None)
+    found = _registry.reference_of(optimizer)
+    if found is not None:
+        layout, reference = found
+        return _Side(optimizer, layout, reference.config, reference)
     if isinstance(optimizer, torch.optim.AdamW):
         return None
     raise TypeError(
         f"{caller} does not support {type(optimizer).__module__}.{type(optimizer).__name__}: "
-        "it converts transformers.AdamW, funcopt.torch.AdamW and funcopt.torch.Optimizer("
-        "funcopt.adamw) (<-> funcopt.adamw), transformers.Adafactor, funcopt.torch.Adafactor "
-        "and funcopt.torch.Optimizer(funcopt.adafactor) (<-> funcopt.adafactor), and "
-        "torch.optim.AdamW (<-> optax.adamw)."
+        f"it converts {_registry.supported()}; and torch.optim.AdamW (<-> optax.adamw)."
     )
 
 
@@ -118,8 +118,22 @@ def _check_params(optimizer, params):
 
 
 def _step_of(state) -> int:
-    step = state.get("step", 0) if state else 0
-    return int(step.item() if isinstance(step, torch.Tensor) else step)
+    return _layouts.step_number(state.get("step") if state else None)
+
+
+def _group_values(optimizer, layout) -> dict:
+    """The param groups' values of ``layout.group_keys``: one value each (a funcopt state
+    has one), None where unset."""
+    out = {}
+    for key in layout.group_keys:
+        values = {g.get(key) for g in optimizer.param_groups}
+        if len(values) > 1:
+            raise ValueError(
+                f"state_from_torch: the param groups hold different {key!r} values "
+                f"{sorted(values, key=repr)}, but a {layout.name} state keeps one."
+            )
+        out[key] = values.pop()
+    return out
 
 
 def state_from_torch(optimizer, params):
@@ -165,44 +179,36 @@ def state_from_torch(optimizer, params):
     entries = _params_of(optimizer)
     if side is None:
         return _optax_adamw_state(optimizer, treedef, entries)
-    steps, leaves, lrs = [], [], []
-    for p, group, where in entries:
-        state = optimizer.state.get(p)
-        step = _step_of(state)
-        dtype = side.state_dtype(p)
-        leaf = {}
-        for key, shape in side.expected(p, group):
-            value = state.get(key) if step else jnp.zeros(shape, dtype)
-            if value is None:
-                raise ValueError(
-                    f"state_from_torch: the state of {where} has no {key!r}; "
-                    f"{type(optimizer).__name__} keeps one for a parameter of shape "
-                    f"{tuple(p.shape)} with these hyperparameters."
-                )
-            leaf[key] = _dlpack.to_jax_value(value, jnp.float32 if key == "RMS" else dtype)
-        steps.append(jnp.asarray(step, jnp.int32))
-        leaves.append(leaf)
-        if side.layout is _layouts.ADAFACTOR:
-            lrs.append(_adafactor_lr(side.config(group), step, leaf["RMS"]))
-    count = jnp.asarray(max([int(s) for s in steps], default=0), jnp.int32)
-    return side.layout.to_state(treedef, count, steps, leaves, lrs or None)
+    steps = [_step_of(optimizer.state.get(p)) for p, _, _ in entries]
+    count = jnp.asarray(max(steps, default=0), jnp.int32)
+    rules = {}  # param group index -> rule, for the fields torch does not keep
+    per_leaf = []
+    for (p, group, where), step in zip(entries, steps, strict=True):
+        arrays = _read_leaf(optimizer, side, p, group, where, step)
+        if id(group) not in rules:
+            rules[id(group)] = side.rule(group)
+        rule = rules[id(group)]
+        step = jnp.asarray(step, jnp.int32)
+        per_leaf.append(side.layout.leaf_fields(rule, count, step, arrays))
+    rule = side.rule(optimizer.param_groups[0])
+    group = _group_values(optimizer, side.layout)
+    return side.layout.state(rule, treedef, count, per_leaf, group)
 
 
-def _adafactor_lr(config, step, rms):
-    """The step size ``funcopt.adafactor`` records for a leaf at ``step`` with ``RMS``."""
-    if step == 0:
-        return jnp.zeros([], jnp.float32)
-    f32 = jnp.float32
-    t = f32(step)
-    if config["relative_step"]:
-        min_step = f32(1e-6) * t if config["warmup_init"] else f32(1e-2)
-        rho = jnp.minimum(min_step, 1 / jnp.sqrt(t))
-    else:
-        rho = jnp.asarray(config["learning_rate"], f32)
-    if config["scale_parameter"]:
-        eps2 = config["eps"][1]
-        return jnp.where(rms > eps2, rms * rho, f32(eps2) * rho).astype(f32)
-    return jnp.asarray(rho, f32)
+def _read_leaf(optimizer, side, p, group, where, step) -> dict:
+    """``p``'s torch state tensors as JAX arrays by key (zeros before its first step)."""
+    state = optimizer.state.get(p)
+    arrays = {}
+    for key, shape, dtype in side.expected(p, group):
+        value = state.get(key) if step else jnp.zeros(shape, dtype)
+        if value is None:
+            raise ValueError(
+                f"state_from_torch: the state of {where} has no {key!r}; "
+                f"{type(optimizer).__name__} keeps one for a parameter of shape "
+                f"{tuple(p.shape)} with these hyperparameters."
+            )
+        arrays[key] = _dlpack.to_jax_value(value, dtype)
+    return arrays
 
 
 def _optax_adamw_state(optimizer, treedef, entries):
@@ -235,13 +241,9 @@ def _optax_adamw_state(optimizer, treedef, entries):
     return adam, optax.EmptyState(), optax.EmptyState()
 
 
-
-
-_KNOWN = (funcopt.AdamWState, funcopt.AdafactorState, optax.ScaleByAdamState)
-
-
 def _wrong_state(state, target, cls_name):
-    found = [c.__name__ for c in _KNOWN if find_state(state, c) is not None]
+    known = [lay.state_type for lay in _registry.LAYOUTS.values()] + [optax.ScaleByAdamState]
+    found = [c.__name__ for c in known if find_state(state, c) is not None]
     got = f"a {type(state).__name__}" + (f" holding {', '.join(found)}" if found else "")
     return TypeError(
         f"state_to_torch: this optimizer needs the state of {target}, got {got}: pass the "
@@ -299,22 +301,31 @@ def state_to_torch(state, optimizer) -> None:
     found = find_state(state, cls)
     if found is None:
         raise _wrong_state(state, side.target, cls.__name__)
-    treedef = jax.tree.structure(found.step)
+    treedef = _leaf_structure(found, side.layout)
     if treedef.num_leaves != len(entries):
         raise ValueError(
             f"state_to_torch: the state has {treedef.num_leaves} leaves but the optimizer has "
             f"{len(entries)} parameters: its leaves must be the optimizer's parameters in order."
         )
-    steps, leaves = side.layout.from_state(found, treedef)
+    steps, leaves, group_values = side.layout.from_state(found, treedef)
     plan = []
     for (p, group, where), step, leaf in zip(entries, steps, leaves, strict=True):
         arrays = {}
-        for key, shape in side.expected(p, group):
+        for key, shape, _ in side.expected(p, group):
             _check_leaf(where, key, leaf.get(key), shape)
             arrays[key] = leaf[key]
-        plan.append((p, group, int(step), arrays))
+        plan.append((p, group, int(found.count if step is None else step), arrays))
     for p, group, step, arrays in plan:
         side.write(p, group, step, arrays)
+    for group in optimizer.param_groups:
+        group.update({key: jnp.asarray(v).item() for key, v in group_values.items()})
+
+
+def _leaf_structure(state, layout):
+    """The params' tree structure, read from the first per-leaf field the state has."""
+    fields = ([layout.step] if layout.step else []) + list(layout.keys.values())
+    present = [f for f in map(state._asdict().get, fields) if f is not None]
+    return jax.tree.structure(present[0] if present else None)
 
 
 def _write_optax_adamw(state, optimizer, entries):

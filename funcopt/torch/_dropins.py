@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import funcopt
-from funcopt.torch import _layouts
+from funcopt.torch import _registry
 from funcopt.torch._optimizer import Optimizer
 
 __all__ = ["AdamW", "Adafactor"]
@@ -43,7 +43,7 @@ class AdamW(Optimizer):
     """
 
     _aliases = {"learning_rate": "lr", "b1": "betas[0]", "b2": "betas[1]"}
-    _config = staticmethod(_layouts.hf_adamw_config)
+    group_config = staticmethod(_registry.hf_adamw_config)
 
     def __init__(
         self,
@@ -56,7 +56,7 @@ class AdamW(Optimizer):
         no_deprecation_warning: bool = False,
     ):
         del no_deprecation_warning
-        self._layout = _layouts.ADAMW
+        self._layout = _registry.ADAMW
         self._optimizer_fn = funcopt.adamw
         self._init_caches()
         if not (isinstance(betas, tuple | list) and len(betas) == 2):
@@ -96,7 +96,7 @@ class Adafactor(Optimizer):
     """
 
     _aliases = {"learning_rate": "lr"}
-    _config = staticmethod(_layouts.hf_adafactor_config)
+    group_config = staticmethod(_registry.hf_adafactor_config)
 
     def __init__(
         self,
@@ -111,7 +111,7 @@ class Adafactor(Optimizer):
         relative_step=True,
         warmup_init=False,
     ):
-        self._layout = _layouts.ADAFACTOR
+        self._layout = _registry.ADAFACTOR
         self._optimizer_fn = funcopt.adafactor
         self._init_caches()
         defaults = {"lr": lr, "eps": eps, "clip_threshold": clip_threshold,

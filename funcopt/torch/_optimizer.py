@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import torch
 
-from funcopt.torch import _dlpack, _layouts, _update
+from funcopt.torch import _dlpack, _layouts, _registry, _update
 
 __all__ = ["Optimizer"]
 
@@ -17,7 +17,8 @@ __all__ = ["Optimizer"]
 class Optimizer(torch.optim.Optimizer):
     r"""A ``torch.optim.Optimizer`` that updates torch parameters with a jitted funcopt optimizer.
 
-    ``optimizer_fn`` is ``funcopt.adamw`` or ``funcopt.adafactor``; ``hyperparams`` are its
+    ``optimizer_fn`` is a funcopt optimizer with a torch layout (``funcopt.adamw``,
+    ``funcopt.adafactor``; see ``funcopt/torch/_registry.py``); ``hyperparams`` are its
     keyword arguments, except that the learning rate is ``lr`` (the group key torch LR
     schedulers drive) and ``mask`` is replaced by param groups (give the parameters that must
     not decay a group with ``weight_decay=0.0``). Unset hyperparameters take
@@ -57,7 +58,7 @@ class Optimizer(torch.optim.Optimizer):
 
     Args:
       params: an iterable of tensors, or of dicts defining param groups.
-      optimizer_fn: ``funcopt.adamw`` or ``funcopt.adafactor``.
+      optimizer_fn: a registered funcopt optimizer function, e.g. ``funcopt.adamw``.
       **hyperparams: ``lr`` and ``optimizer_fn``'s other keyword arguments.
 
     Example:
@@ -74,8 +75,11 @@ class Optimizer(torch.optim.Optimizer):
 
     _aliases = {"learning_rate": "lr"}  # funcopt keyword -> group key, for error messages
 
+    # Internal API (no leading underscore, not for users): what funcopt.torch's state
+    # converters use -- ``layout``, ``group_config`` and ``set_param_state``.
+
     def __init__(self, params, optimizer_fn, **hyperparams):
-        self._layout = _layouts.layout_of(optimizer_fn)
+        self._layout = _registry.layout_of(optimizer_fn)
         self._optimizer_fn = optimizer_fn
         self._init_caches()
         super().__init__(params, self._defaults(optimizer_fn, hyperparams))
@@ -106,22 +110,28 @@ class Optimizer(torch.optim.Optimizer):
         defaults.update({n: hyperparams.get(n, signature[n].default) for n in names})
         return defaults
 
-    def _config(self, group) -> dict:
-        """The group's hyperparameters as ``optimizer_fn`` keywords (``learning_rate`` too)."""
+    @property
+    def layout(self) -> _layouts.Layout:
+        """Internal API: how this optimizer's funcopt state maps to ``optimizer.state``."""
+        return self._layout
+
+    def group_config(self, group) -> dict:
+        """Internal API: a param group's hyperparameters as ``optimizer_fn`` keywords
+        (``learning_rate`` too)."""
         config = {n: group[n] for n in self._names}
         config["learning_rate"] = group["lr"]
         return config
 
     def _checked_config(self, group, where):
         try:
-            config = self._config(group)
+            config = self.group_config(group)
         except KeyError as err:
             raise ValueError(f"{where} lacks the hyperparameter {err}.") from None
         if isinstance(config["learning_rate"], torch.Tensor):  # torch allows a tensor lr
             config["learning_rate"] = float(config["learning_rate"])
         try:
             self._optimizer_fn(**config)  # its construction-time checks, with names and values
-            _update.static_key({k: v for k, v in config.items() if k != "learning_rate"})
+            _layouts.static_key({k: v for k, v in config.items() if k != "learning_rate"})
         except (TypeError, ValueError) as err:
             message = str(err)
             for name, alias in self._aliases.items():
@@ -138,10 +148,13 @@ class Optimizer(torch.optim.Optimizer):
         try:
             for i, p in enumerate(group["params"]):
                 _dlpack.check_param(p, f"param group {index}, parameter {i}")
-            self._checked_config(group, f"param group {index}")
+            config = self._checked_config(group, f"param group {index}")
         except (TypeError, ValueError):
             self.param_groups.pop()
             raise
+        if self._layout.group_keys:  # group-level state, as the reference keeps it
+            for key, value in self._layout.initial_group(self._layout.rule(config)).items():
+                group.setdefault(key, value)
 
     # -- stepping --------------------------------------------------------------------------
 
@@ -165,36 +178,25 @@ class Optimizer(torch.optim.Optimizer):
             if p.grad.is_sparse:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients.")
         config = self._checked_config(group, where)
-        lr = config.pop("learning_rate")
+        lr = config["learning_rate"]
         lr = None if lr is None else np.float32(float(lr))
-        static = _update.static_key(config)
+        static = _layouts.static_key({k: v for k, v in config.items() if k != "learning_rate"})
         steps = [self._step_of(p) for p in params]
-        states = [self._jax_state(p, self.state[p], config) if step else None
-                  for p, step in zip(params, steps, strict=True)]
         views = [self._param_view(p) for p in params]
         external = _update.external_params(self._optimizer_fn, params, views)
-        scratch = [None if outside else self._scratch.pop(p, None)
-                   for p, outside in zip(params, external, strict=True)]
-        scratch = [s if _reusable(s, p) else None for s, p in zip(scratch, params, strict=True)]
-        fresh = [i for i, (s, z) in enumerate(zip(states, scratch, strict=True))
-                 if s is None or (z is None and not external[i])]
-        if fresh:  # zero state and scratch memory, from a small computation of their own
-            init = _update.compiled_init(self._optimizer_fn, self._layout, static, lr is None)
-            zero_states, zeros = init([_dlpack.to_jax(params[i]) for i in fresh])
-            for i, zero_state, zero in zip(fresh, zero_states, zeros, strict=True):
-                states[i] = zero_state if states[i] is None else states[i]
-                if not external[i]:
-                    scratch[i] = zero if scratch[i] is None else scratch[i]
+        states, scratch = self._inputs(params, steps, config, static, lr is None, external)
         fn = _update.compiled_update(self._optimizer_fn, self._layout, static, lr is None,
                                      external)
         inputs = views, [_dlpack.to_jax(p.grad) for p in params]
+        group_in = {key: group.get(key) for key in self._layout.group_keys}
         # Drop our torch views of the state so that JAX may donate (reuse) its buffers.
         for p, step, state in zip(params, steps, states, strict=True):
             if step:
                 self.state[p].update(dict.fromkeys(state))
         try:
-            new_params, new_states = fn(lr, np.asarray(steps, np.int32), *inputs, scratch, states,
-                                        _update.addresses(params, external))
+            new_params, new_states, new_group = fn(
+                lr, np.asarray(steps, np.int32), *inputs, scratch, states, group_in,
+                _update.addresses(params, external))
             jax.block_until_ready((new_params, new_states))
         except Exception:
             for p, step, state in zip(params, steps, states, strict=True):
@@ -209,6 +211,26 @@ class Optimizer(torch.optim.Optimizer):
                 _dlpack.write(p, new_p)
                 self._scratch[p] = new_p
             self._install(p, min(step + 1, 2**31 - 1), new_state)
+        group.update({key: value.item() for key, value in new_group.items()})
+
+    def _inputs(self, params, steps, config, static, lr_is_none, external):
+        """The JAX state (one dict per parameter) and scratch arrays of a group's step: the
+        current ones, zeros (from a small computation of their own) where missing."""
+        states = [self._jax_state(p, self.state[p], config) if step else None
+                  for p, step in zip(params, steps, strict=True)]
+        scratch = [None if outside else self._scratch.pop(p, None)
+                   for p, outside in zip(params, external, strict=True)]
+        scratch = [s if _reusable(s, p) else None for s, p in zip(scratch, params, strict=True)]
+        fresh = [i for i, (s, z) in enumerate(zip(states, scratch, strict=True))
+                 if s is None or (z is None and not external[i])]
+        if fresh:
+            init = _update.compiled_init(self._optimizer_fn, self._layout, static, lr_is_none)
+            zero_states, zeros = init([_dlpack.to_jax(params[i]) for i in fresh])
+            for i, zero_state, zero in zip(fresh, zero_states, zeros, strict=True):
+                states[i] = zero_state if states[i] is None else states[i]
+                if not external[i]:
+                    scratch[i] = zero if scratch[i] is None else scratch[i]
+        return states, scratch
 
     # -- state ----------------------------------------------------------------------------
 
@@ -239,19 +261,17 @@ class Optimizer(torch.optim.Optimizer):
             state[key] = _dlpack.to_torch(arrays[key])
         self._jax[p] = arrays
 
-    def _expected(self, p, config):
-        """``(key, shape)`` of each tensor entry of ``p``'s state, in the reference's order."""
-        return [(k, self._layout.key_shape(k, p.shape)) for k in self._layout.keys(p.shape, config)]
-
-    def _state_dtype(self, p):
-        return self._layout.state_dtype(_dlpack.jax_dtype(p.dtype))
+    def _expected(self, p, config) -> tuple[_layouts.Entry, ...]:
+        """The tensor entries of ``p``'s state (key, shape, dtype), in the reference's order."""
+        return self._layout.entries(config, p.shape, _dlpack.jax_dtype(p.dtype))
 
     def _jax_state(self, p, state, config):
         """The JAX arrays of ``p``'s state: ours where ``optimizer.state[p]`` still holds our
         views, fresh JAX-owned copies of whatever replaced them."""
         ours = self._jax.get(p, {})
         arrays = {}
-        for key, shape in self._expected(p, config):
+        for entry in self._expected(p, config):
+            key = entry.key
             value = state.get(key)
             array = ours.get(key)
             if (
@@ -262,10 +282,11 @@ class Optimizer(torch.optim.Optimizer):
             ):
                 arrays[key] = array
             else:
-                arrays[key] = self._imported(p, key, value, shape)
+                arrays[key] = self._imported(p, entry, value)
         return arrays
 
-    def _imported(self, p, key, value, shape):
+    def _imported(self, p, entry, value):
+        key, shape = entry.key, entry.shape
         if value is None:
             raise ValueError(
                 f"the state of a parameter of shape {tuple(p.shape)} has no {key!r}: it was not "
@@ -277,17 +298,17 @@ class Optimizer(torch.optim.Optimizer):
                 f"state {key!r} of a parameter of shape {tuple(p.shape)} has shape "
                 f"{tuple(np.shape(value))}; {self._layout.name} needs {shape}."
             )
-        return _dlpack.to_jax_owned(value, self._state_dtype(p))
+        return _dlpack.to_jax_owned(value, entry.dtype)
 
-    def _set_param_state(self, p, step, values, group):
-        """Replaces the state of parameter ``p`` of ``group`` (``values``: tensors, arrays or
-        numbers by key); a ``step`` of 0 removes it, as a parameter torch has not stepped has
-        none."""
+    def set_param_state(self, p, step, values, group):
+        """Internal API: replaces the state of parameter ``p`` of ``group`` (``values``:
+        tensors, arrays or numbers by torch key); a ``step`` of 0 removes it, as a parameter
+        torch has not stepped has none."""
         self.state.pop(p, None)
         self._jax.pop(p, None)
         if step:
-            arrays = {k: self._imported(p, k, values.get(k), shape)
-                      for k, shape in self._expected(p, self._config(group))}
+            arrays = {e.key: self._imported(p, e, values.get(e.key))
+                      for e in self._expected(p, self.group_config(group))}
             self._install(p, int(step), arrays)
 
     def _step_of(self, p) -> int:
@@ -300,7 +321,7 @@ class Optimizer(torch.optim.Optimizer):
                 f"made by {self._layout.name}'s reference optimizer. Reset it with "
                 "optimizer.state.pop(param) or load a matching state dict."
             )
-        return _step_number(state["step"])
+        return _layouts.step_number(state["step"])
 
     def state_dict(self):
         """torch's ``state_dict()``, with copies of the state tensors (not views of JAX
@@ -345,11 +366,11 @@ class Optimizer(torch.optim.Optimizer):
                 group.setdefault(key, value)
         self._jax.clear()
         for saved, p, index in placed:
-            step = _step_number(saved.get("step", 0))
-            self._set_param_state(p, step, saved, self.param_groups[index])
+            step = _layouts.step_number(saved.get("step", 0))
+            self.set_param_state(p, step, saved, self.param_groups[index])
 
     def _check_saved(self, saved, p, config, index):
-        expected = {k for k, _ in self._expected(p, config)}
+        expected = {e.key for e in self._expected(p, config)}
         keys = set(saved) - {"step"}
         if keys != expected:
             raise ValueError(
@@ -358,7 +379,7 @@ class Optimizer(torch.optim.Optimizer):
                 f"parameter of shape {tuple(p.shape)}: the state dict comes from a different "
                 "optimizer or configuration."
             )
-        for key, shape in self._expected(p, config):
+        for key, shape, _ in self._expected(p, config):
             if tuple(np.shape(saved[key])) != shape:
                 raise ValueError(
                     f"saved state {key!r} of parameter {index} has shape "
@@ -375,7 +396,7 @@ class Optimizer(torch.optim.Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         if "_layout" not in self.__dict__:
-            self._layout = _layouts.layout_of(self._optimizer_fn)
+            self._layout = _registry.layout_of(self._optimizer_fn)
         if "_jax" not in self.__dict__:
             self._init_caches()
 
@@ -383,7 +404,3 @@ class Optimizer(torch.optim.Optimizer):
 def _reusable(array, p) -> bool:
     return (array is not None and not array.is_deleted() and array.shape == tuple(p.shape)
             and array.dtype == _dlpack.jax_dtype(p.dtype))
-
-
-def _step_number(step) -> int:
-    return int(step.item() if isinstance(step, torch.Tensor) else step)

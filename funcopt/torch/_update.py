@@ -25,58 +25,37 @@ import numpy as np
 import optax
 
 import funcopt
-from funcopt import _fused_adamw
-
-_traces = 0
+from funcopt import _core, _fused_adamw
 
 
-def trace_count() -> int:
-    """How many times a group update has been traced (compiled) in this process."""
-    return _traces
-
-
-def static_key(config: dict) -> tuple:
-    """The hashable form of a group's static hyperparameters (all but the learning rate)."""
-    key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
-    try:
-        hash(key)
-    except TypeError:
-        raise TypeError(
-            "param group hyperparameters other than lr are compile-time constants and must be "
-            f"hashable (Python numbers, bools, tuples or None), got {dict(key)!r}."
-        ) from None
-    return key
-
-
-def _transformation(optimizer_fn, static, lr):
-    return optimizer_fn(learning_rate=lr, **dict(static))
+def _rule(optimizer_fn, static, lr):
+    return _core.rule_of(optimizer_fn(learning_rate=lr, **dict(static)))
 
 
 @functools.lru_cache(maxsize=256)
 def compiled_init(optimizer_fn, layout, static: tuple, lr_is_none: bool):
-    """The jitted ``params -> (states, scratch)``: zero state (one dict per parameter) and a
-    zero scratch array per parameter, for parameters that step for the first time. A cheap
-    computation, compiled apart so that the update compiles once per group structure."""
+    """The jitted ``params -> (states, scratch)``: zero state (one dict per parameter, by
+    torch key) and a zero scratch array per parameter, for parameters that step for the
+    first time. A cheap computation, compiled apart so that the update compiles once per
+    group structure."""
 
     def init(params):
-        global _traces
-        _traces += 1
-        tx = _transformation(optimizer_fn, static, None if lr_is_none else 0.0)
+        rule = _rule(optimizer_fn, static, None if lr_is_none else 0.0)
         treedef = jax.tree.structure(list(params))
-        return layout.from_state(tx.init(list(params)), treedef)[1], [
-            jnp.zeros_like(p) for p in params
-        ]
+        zero = _core.init(rule, list(params))
+        return layout.from_state(zero, treedef)[1], [jnp.zeros_like(p) for p in params]
 
     return jax.jit(init, keep_unused=True)  # its outputs committed to the params' device
 
 
 @functools.lru_cache(maxsize=256)
 def compiled_update(optimizer_fn, layout, static: tuple, lr_is_none: bool, external: tuple):
-    """The jitted ``(lr, steps, params, grads, scratch, states, addresses) -> (new_params,
-    new_states)``; ``scratch`` holds one array per parameter (None for external ones),
-    ``states`` one dict of arrays per parameter (``layout``'s keys), both donated. (JAX
-    pairs donated inputs with outputs of the same shape in order, so this order gives each
-    state array its own buffer back.)
+    """The jitted ``(lr, steps, params, grads, scratch, states, group, addresses) ->
+    (new_params, new_states, new_group)``; ``scratch`` holds one array per parameter (None
+    for external ones), ``states`` one dict of arrays per parameter (``layout``'s keys), both
+    donated; ``group`` the param group's values of ``layout.group_keys`` (None for one not
+    set yet). (JAX pairs donated inputs with outputs of the same shape in order, so this
+    order gives each state array its own buffer back.)
 
     ``external`` (one bool per parameter, ``funcopt.adamw`` only): parameters whose JAX array
     shares the torch tensor's memory and that funcopt's fused CPU kernel updates in place, as
@@ -84,25 +63,23 @@ def compiled_update(optimizer_fn, layout, static: tuple, lr_is_none: bool, exter
     (:func:`addresses`) holds their data pointers, which the kernel checks. See
     :func:`external_params`."""
 
-    def update(lr, steps, params, grads, scratch, states, addresses):
-        global _traces
-        _traces += 1
+    def update(lr, steps, params, grads, scratch, states, group, addresses):
         del scratch  # donated only, so that XLA reuses its memory for the new parameters
-        lr = None if lr_is_none else lr
+        rule = _rule(optimizer_fn, static, None if lr_is_none else lr)
         treedef = jax.tree.structure(list(params))
-        state = layout.to_state(
-            treedef, jnp.zeros([], jnp.int32), [steps[i] for i in range(len(params))], states
-        )
+        count = jnp.max(steps, initial=0)  # as state_from_torch counts
+        per_leaf = [layout.leaf_fields(rule, count, steps[i], states[i])
+                    for i in range(len(params))]
+        state = layout.state(rule, treedef, count, per_leaf, group)
         if any(external):
             # funcopt.fused_adamw's step (bitwise funcopt.adamw's): one pass over p, g, m, v.
-            hyper = _fused_adamw.make_rule(learning_rate=lr, **dict(static))
             new_params, new_state = _fused_adamw.step(
-                hyper, list(grads), state, list(params), external=(external, addresses))
+                rule, list(grads), state, list(params), external=(external, addresses))
         else:
-            tx = _transformation(optimizer_fn, static, lr)
-            updates, new_state = tx.update(list(grads), state, list(params))
+            updates, new_state = _core.update(rule, list(grads), state, list(params))
             new_params = optax.apply_updates(list(params), updates)
-        return new_params, layout.from_state(new_state, treedef)[1]
+        _, new_states, new_group = layout.from_state(new_state, treedef)
+        return new_params, new_states, new_group
 
     return jax.jit(update, donate_argnames=("states", "scratch"), keep_unused=True)
 
