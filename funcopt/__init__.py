@@ -5,6 +5,13 @@ Every optimizer is an ``optax.GradientTransformation``; every schedule a jit-abl
 The bridges (``funcopt.torch``, ``funcopt.tensorflow``) are imported explicitly, so
 ``import funcopt`` needs neither torch nor TensorFlow.
 
+Structure: ``funcopt._core`` runs every optimizer (the per-leaf loop, the state and its
+dtypes, the params check, masks); each optimizer is one private module holding a frozen rule
+of validated hyperparameters and pure leaf functions (``_adamw``, ``_adafactor``,
+``_adam_weight_decay``, ...); schedules and helpers have a module each; the torch and TF
+bridges run those same rules (``funcopt/torch/_registry.py`` maps each optimizer's state to
+torch's).
+
 >>> import funcopt
 >>> optimizer = funcopt.adamw(funcopt.get_linear_schedule_with_warmup(1e-3, 10, 100))
 """
