@@ -143,6 +143,14 @@ def test_registered_optimizer_converts_both_ways():
     close(ref_params, fresh_params)
 
 
+def test_reference_step_formats():
+    """transformers/bitsandbytes keep ``step`` as a Python int, torch.optim as a float32
+    0-d tensor: what state_to_torch writes into a reference."""
+    assert TOY.references[0].step_value(3, "cpu") == 3
+    step = Reference("torch.optim.adam", "Adam", dict, tensor_step=True).step_value(3, "cpu")
+    assert step.dtype == torch.float32 and step.shape == () and step.item() == 3.0
+
+
 def test_group_state_must_agree_across_param_groups():
     a, b = params_pair()[:2]
     ref = ToyTorch([{"params": [a]}, {"params": [b]}])
