@@ -19,7 +19,7 @@ Registering an optimizer (in ``funcopt/torch/_registry.py``; a few lines)::
 
     LION = register(Layout(
         funcopt.lion, funcopt.LionState,
-        keys={"exp_avg": "exp_avg"},  # torch key -> State field, in torch's own key order
+        keys={"state1": "state1"},  # torch key -> State field, in torch's own key order
         step="step",  # the State field holding torch's state["step"]; None: the rule has none
         references=(Reference("bitsandbytes.optim.lion", "Lion", bnb_lion_config),),
     ))
@@ -41,7 +41,10 @@ the reference class (matched by module and class name, subclasses included) and 
   (``torch.optim``'s classes) rather than a Python int (transformers, bitsandbytes).
 
 The state's dtypes are the rule's (``init_leaf``'s): a reference that keeps another dtype
-needs its own conversion.
+needs its own conversion. ``Optimizer`` always keeps an int ``state["step"]`` per parameter
+(its "has state" mark), also for a layout with ``step=None``. A drop-in class with the
+reference's signature is an ``Optimizer`` subclass that sets ``_layout`` and
+``group_config = staticmethod(<the reference's config function>)`` (see ``_dropins.py``).
 """
 
 from __future__ import annotations
