@@ -84,16 +84,21 @@ from funcopt._ademamix import ademamix as ademamix
 from funcopt._rmsprop_bnb import RMSpropBnbState as RMSpropBnbState
 from funcopt._rmsprop_bnb import rmsprop_bnb as rmsprop_bnb
 
-# Trainer menu: GrokAdamW, optimi's StableAdamW, GaLore.
-from funcopt._grokadamw import GrokAdamWState as GrokAdamWState
-from funcopt._grokadamw import grokadamw as grokadamw
-
 # Schedules transformers 5.x added: cosine_warmup_with_min_lr and GreedyLR ("greedy").
 from funcopt._lambda_schedules_cosine import (
     get_cosine_with_min_lr_schedule_with_warmup_lr_rate as get_cosine_with_min_lr_schedule_with_warmup_lr_rate,  # noqa: E501
 )
 from funcopt._greedy_lr import GreedyLRState as GreedyLRState
 from funcopt._greedy_lr import greedy_lr as greedy_lr
+
+# Trainer menu: GrokAdamW, optimi's StableAdamW, GaLore.
+from funcopt._grokadamw import GrokAdamWState as GrokAdamWState
+from funcopt._grokadamw import grokadamw as grokadamw
+from funcopt._stable_adamw import StableAdamWState as StableAdamWState
+from funcopt._stable_adamw import stable_adamw as stable_adamw
+from funcopt._galore import galore_target_mask as galore_target_mask
+from funcopt._galore_adamw import GaLoreAdamWState as GaLoreAdamWState
+from funcopt._galore_adamw import galore_adamw as galore_adamw
 
 __version__ = "0.1.0"
 
@@ -113,5 +118,6 @@ __all__ = [
 ]
 __all__ += ["get_optimizer", "from_training_args"]
 __all__ += ["LionState", "lion", "AdEMAMixState", "ademamix", "RMSpropBnbState", "rmsprop_bnb"]
-__all__ += ["GrokAdamWState", "grokadamw"]
 __all__ += ["get_cosine_with_min_lr_schedule_with_warmup_lr_rate", "GreedyLRState", "greedy_lr"]
+__all__ += ["GrokAdamWState", "grokadamw", "StableAdamWState", "stable_adamw",
+            "galore_target_mask", "GaLoreAdamWState", "galore_adamw"]
