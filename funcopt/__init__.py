@@ -99,6 +99,8 @@ from funcopt._stable_adamw import stable_adamw as stable_adamw
 from funcopt._galore import galore_target_mask as galore_target_mask
 from funcopt._galore_adamw import GaLoreAdamWState as GaLoreAdamWState
 from funcopt._galore_adamw import galore_adamw as galore_adamw
+from funcopt._galore_adafactor import GaLoreAdafactorState as GaLoreAdafactorState
+from funcopt._galore_adafactor import galore_adafactor as galore_adafactor
 
 __version__ = "0.1.0"
 
@@ -120,4 +122,5 @@ __all__ += ["get_optimizer", "from_training_args"]
 __all__ += ["LionState", "lion", "AdEMAMixState", "ademamix", "RMSpropBnbState", "rmsprop_bnb"]
 __all__ += ["get_cosine_with_min_lr_schedule_with_warmup_lr_rate", "GreedyLRState", "greedy_lr"]
 __all__ += ["GrokAdamWState", "grokadamw", "StableAdamWState", "stable_adamw",
-            "galore_target_mask", "GaLoreAdamWState", "galore_adamw"]
+            "galore_target_mask", "GaLoreAdamWState", "galore_adamw",
+            "GaLoreAdafactorState", "galore_adafactor"]
