@@ -102,6 +102,18 @@ from funcopt._galore_adamw import galore_adamw as galore_adamw
 from funcopt._galore_adafactor import GaLoreAdafactorState as GaLoreAdafactorState
 from funcopt._galore_adafactor import galore_adafactor as galore_adafactor
 
+# torch.optim's algorithms: AdamW (for-loop and fused CPU paths), Adam, SGD, Adagrad, RMSprop.
+from funcopt._adam_torch import AdamTorchState as AdamTorchState
+from funcopt._adam_torch import adamw_torch as adamw_torch
+from funcopt._adam_torch import adamw_torch_fused as adamw_torch_fused
+from funcopt._adam_torch import adam_torch as adam_torch
+from funcopt._sgd import SGDState as SGDState
+from funcopt._sgd import sgd as sgd
+from funcopt._adagrad import AdagradState as AdagradState
+from funcopt._adagrad import adagrad as adagrad
+from funcopt._rmsprop import RMSpropState as RMSpropState
+from funcopt._rmsprop import rmsprop as rmsprop
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -124,3 +136,5 @@ __all__ += ["get_cosine_with_min_lr_schedule_with_warmup_lr_rate", "GreedyLRStat
 __all__ += ["GrokAdamWState", "grokadamw", "StableAdamWState", "stable_adamw",
             "galore_target_mask", "GaLoreAdamWState", "galore_adamw",
             "GaLoreAdafactorState", "galore_adafactor"]
+__all__ += ["AdamTorchState", "adamw_torch", "adamw_torch_fused", "adam_torch", "SGDState", "sgd",
+            "AdagradState", "adagrad", "RMSpropState", "rmsprop"]
