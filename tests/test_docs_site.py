@@ -101,3 +101,21 @@ def test_porting_guide_lists_the_trainer_menu(site):
     page = (html / "guides" / "porting.html").read_text(encoding="utf-8")
     for name in list(_menu.SUPPORTED) + list(_menu.UNSUPPORTED):
         assert f'<span class="pre">{name}</span>' in page, name
+
+
+def test_only_external_and_private_names_render_unlinked():
+    reference("sphinx")
+    sys.path.insert(0, str(ROOT / "docs" / "_ext"))
+    try:
+        import funcopt_docs
+    finally:
+        sys.path.remove(str(ROOT / "docs" / "_ext"))
+    plain = ["optax.GradientTransformation", "jax.Array", "torch.optim.AdamW", "int",
+             "transformers.AdamW", "typing.Any", "funcopt._bnb32", "funcopt.torch._layouts.Layout"]
+    linked = ["funcopt.adamw", "funcopt.not_a_name", "funcopt.torch.AdamW", "adamw", "Layout"]
+    assert all(funcopt_docs.is_external(t) for t in plain)
+    assert not any(funcopt_docs.is_external(t) for t in linked)  # these must resolve or warn
+    node = {"refdomain": "py", "reftarget": "funcopt.not_a_name"}
+    assert funcopt_docs.plain_external_names(None, None, node, "contnode") is None
+    node = {"refdomain": "py", "reftarget": "optax.adamw"}
+    assert funcopt_docs.plain_external_names(None, None, node, "contnode") == "contnode"
