@@ -28,7 +28,7 @@ from sphinx.util.docutils import SphinxDirective
 
 # --- API groups -----------------------------------------------------------------------------
 
-GROUPS = {  # key: (title, what it holds); the page api/<key>.md says the rest
+GROUPS = {  # key -> the page api/<key>.rst that documents the group
     "optimizers": "Optimizers and their states",
     "trainer": "The Trainer front door",
     "schedules": "Learning-rate schedules",
@@ -47,6 +47,19 @@ _MODULE_RULES = [
     (("names", "sharding"), "names"),
 ]
 
+# The optimizers page in sections (in this order), by the library whose optimizer the module
+# rebuilds; _SECTION_RULES match module prefixes in their own order (bitsandbytes' adamw_bnb
+# before transformers' adamw); a module no rule knows lands in the last section.
+_TRANSFORMERS, _TORCH, _BNB, _MORE = ("transformers' optimizers", "torch.optim's optimizers",
+                                      "bitsandbytes' optimizers", "More of the Trainer's menu")
+OPTIMIZER_SECTIONS = [_TRANSFORMERS, _TORCH, _BNB, _MORE]
+_SECTION_RULES = [
+    (("adamw_bnb", "lion", "ademamix", "rmsprop_bnb", "rmsprop_8bit", "bnb"), _BNB),
+    (("adam_torch", "sgd", "adagrad", "rmsprop"), _TORCH),
+    (("adamw", "fused_adamw", "adafactor", "adam_weight_decay", "create_optimizer"),
+     _TRANSFORMERS),
+]
+
 BRIDGES = {"torch": "funcopt.torch", "tensorflow": "funcopt.tensorflow"}
 
 
@@ -55,16 +68,32 @@ def public_names(package: str) -> list[str]:
     return list(importlib.import_module(package).__all__)
 
 
-def group_of(name: str) -> str:
-    """The API group of ``funcopt.<name>``, from the module that defines it."""
+def _short_module(name: str) -> str:
     import funcopt
 
     module = getattr(getattr(funcopt, name), "__module__", None) or ""
-    short = module.removeprefix("funcopt.").removeprefix("_")
+    return module.removeprefix("funcopt.").removeprefix("_")
+
+
+def group_of(name: str) -> str:
+    """The API group of ``funcopt.<name>``: masks go with the names; the rest by the module
+    that defines it, ``optimizers`` when no rule knows the module."""
+    if name.endswith("_mask"):
+        return "names"
+    short = _short_module(name)
     for prefixes, group in _MODULE_RULES:
         if short.startswith(prefixes):
             return group
     return "optimizers"
+
+
+def section_of(name: str) -> str:
+    """The section of the optimizers page for ``funcopt.<name>``."""
+    short = _short_module(name)
+    for prefixes, title in _SECTION_RULES:
+        if short.startswith(prefixes):
+            return title
+    return _MORE
 
 
 def entries(group: str) -> list[str]:
@@ -95,15 +124,29 @@ def _autodoc_lines(qualified: str) -> list[str]:
     return [f".. autodata:: {qualified}", "   :no-value:", ""]
 
 
+def _summary_and_entries(package: str, names: list[str]) -> list[str]:
+    lines = [".. autosummary::", "   :nosignatures:", ""]
+    lines += [f"   {name.removeprefix(package + '.')}" for name in names] + [""]
+    for name in names:
+        lines += _autodoc_lines(name)
+    return lines
+
+
 def api_lines(group: str) -> list[str]:
     names = entries(group)
     if not names:
         return ["This build has no public names in this group.", ""]
     package = BRIDGES.get(group, "funcopt")  # summaries' short references resolve there
-    lines = [f".. currentmodule:: {package}", "", ".. autosummary::", "   :nosignatures:", ""]
-    lines += [f"   {name.removeprefix(package + '.')}" for name in names] + [""]
+    lines = [f".. currentmodule:: {package}", ""]
+    if group != "optimizers":
+        return lines + _summary_and_entries(package, names)
+    sections: dict[str, list[str]] = {}
     for name in names:
-        lines += _autodoc_lines(name)
+        sections.setdefault(section_of(name.removeprefix("funcopt.")), []).append(name)
+    for title in OPTIMIZER_SECTIONS:
+        if title in sections:
+            lines += [title, "-" * len(title), ""]
+            lines += _summary_and_entries(package, sections.pop(title))
     return lines
 
 
