@@ -114,6 +114,18 @@ from funcopt._adagrad import adagrad as adagrad
 from funcopt._rmsprop import RMSpropState as RMSpropState
 from funcopt._rmsprop import rmsprop as rmsprop
 
+# Trainer menu: bitsandbytes' 8-bit optimizers (blockwise quantized states) and 32-bit AdamW.
+from funcopt._adamw_bnb import AdamWBnbState as AdamWBnbState
+from funcopt._adamw_bnb import adamw_bnb as adamw_bnb
+from funcopt._adamw_bnb import AdamW8bitState as AdamW8bitState
+from funcopt._adamw_bnb import adamw_8bit as adamw_8bit
+from funcopt._lion_8bit import Lion8bitState as Lion8bitState
+from funcopt._lion_8bit import lion_8bit as lion_8bit
+from funcopt._ademamix_8bit import AdEMAMix8bitState as AdEMAMix8bitState
+from funcopt._ademamix_8bit import ademamix_8bit as ademamix_8bit
+from funcopt._rmsprop_8bit import RMSprop8bitState as RMSprop8bitState
+from funcopt._rmsprop_8bit import rmsprop_8bit as rmsprop_8bit
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -138,3 +150,5 @@ __all__ += ["GrokAdamWState", "grokadamw", "StableAdamWState", "stable_adamw",
             "GaLoreAdafactorState", "galore_adafactor"]
 __all__ += ["AdamTorchState", "adamw_torch", "adamw_torch_fused", "adam_torch", "SGDState", "sgd",
             "AdagradState", "adagrad", "RMSpropState", "rmsprop"]
+__all__ += ["AdamWBnbState", "adamw_bnb", "AdamW8bitState", "adamw_8bit", "Lion8bitState",
+            "lion_8bit", "AdEMAMix8bitState", "ademamix_8bit", "RMSprop8bitState", "rmsprop_8bit"]
