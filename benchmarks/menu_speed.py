@@ -100,3 +100,46 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     main()
+
+
+SCHEDULE_FREE_PAIRS = {
+    # name: (funcopt, optax.contrib), same hyperparameters (schedulefree's defaults otherwise)
+    "schedule_free_adamw": (lambda: funcopt.schedule_free_adamw(2.5e-3),
+                            lambda: optax.contrib.schedule_free_adamw(2.5e-3)),
+    "schedule_free_adamw (warmup, decay)": (
+        lambda: funcopt.schedule_free_adamw(2.5e-3, warmup_steps=1000, weight_decay=0.01),
+        lambda: optax.contrib.schedule_free_adamw(2.5e-3, warmup_steps=1000, weight_decay=0.01)),
+    "schedule_free_sgd": (lambda: funcopt.schedule_free_sgd(1.0, warmup_steps=1000),
+                          lambda: optax.contrib.schedule_free_sgd(1.0, warmup_steps=1000)),
+}
+
+
+def schedule_free(argv=None) -> dict:
+    """funcopt's schedule-free AdamW/SGD against ``optax.contrib``'s, as :func:`main` measures
+    (``python -c "from benchmarks.menu_speed import schedule_free; schedule_free()"``)."""
+    parser = argparse.ArgumentParser(description="schedule-free update-step speed")
+    parser.add_argument("--params", type=int, default=10_000_000)
+    parser.add_argument("--rounds", type=int, default=30)
+    args = parser.parse_args(argv)
+    params = make_tree(args.params)
+    grads = jax.tree.map(jnp.asarray, make_tree(args.params, seed=1))
+    runners = {(name, side): Runner(make(), params, grads)
+               for name, pair in SCHEDULE_FREE_PAIRS.items()
+               for side, make in zip(("funcopt", "optax"), pair, strict=True)}
+    times = {key: [] for key in runners}
+    order = list(runners)
+    for _ in range(args.rounds):
+        random.shuffle(order)
+        for key in order:
+            times[key].append(runners[key]())
+    n = sum(x.size for x in params.values())
+    print(f"schedule-free update + apply_updates under jit, donated, {n / 1e6:.1f}M float32 "
+          f"parameters, {args.rounds} rounds, {jax.devices()[0].platform}")
+    results = {}
+    for name in SCHEDULE_FREE_PAIRS:
+        ours, theirs = np.array(times[name, "funcopt"]), np.array(times[name, "optax"])
+        ratio = float(np.median(ours / theirs))
+        results[name] = (1e3 * np.median(ours), 1e3 * np.median(theirs), ratio)
+        print(f"  {name:36s} funcopt {results[name][0]:7.2f} ms   optax "
+              f"{results[name][1]:7.2f} ms   ratio {ratio:.2f}")
+    return results

@@ -126,6 +126,14 @@ from funcopt._ademamix_8bit import ademamix_8bit as ademamix_8bit
 from funcopt._rmsprop_8bit import RMSprop8bitState as RMSprop8bitState
 from funcopt._rmsprop_8bit import rmsprop_8bit as rmsprop_8bit
 
+# Trainer menu: schedule-free AdamW, SGD and RAdam (package schedulefree), train/eval weights.
+from funcopt._schedule_free import ScheduleFreeState as ScheduleFreeState
+from funcopt._schedule_free import schedule_free_adamw as schedule_free_adamw
+from funcopt._schedule_free import schedule_free_sgd as schedule_free_sgd
+from funcopt._schedule_free import schedule_free_radam as schedule_free_radam
+from funcopt._schedule_free import schedule_free_eval_params as schedule_free_eval_params
+from funcopt._schedule_free import schedule_free_train_params as schedule_free_train_params
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -152,3 +160,5 @@ __all__ += ["AdamTorchState", "adamw_torch", "adamw_torch_fused", "adam_torch", 
             "AdagradState", "adagrad", "RMSpropState", "rmsprop"]
 __all__ += ["AdamWBnbState", "adamw_bnb", "AdamW8bitState", "adamw_8bit", "Lion8bitState",
             "lion_8bit", "AdEMAMix8bitState", "ademamix_8bit", "RMSprop8bitState", "rmsprop_8bit"]
+__all__ += ["ScheduleFreeState", "schedule_free_adamw", "schedule_free_sgd", "schedule_free_radam",
+            "schedule_free_eval_params", "schedule_free_train_params"]

@@ -119,3 +119,16 @@ def test_only_external_and_private_names_render_unlinked():
     assert funcopt_docs.plain_external_names(None, None, node, "contnode") is None
     node = {"refdomain": "py", "reftarget": "optax.adamw"}
     assert funcopt_docs.plain_external_names(None, None, node, "contnode") == "contnode"
+
+
+def test_example_headers_with_a_note_become_example_sections():
+    reference("sphinx")
+    sys.path.insert(0, str(ROOT / "docs" / "_ext"))
+    try:
+        import funcopt_docs
+    finally:
+        sys.path.remove(str(ROOT / "docs" / "_ext"))
+    lines = ["Text.", "", "Example (the reference ends at", "[0.4, 0.2]):", "  >>> 1 + 1", "  2"]
+    funcopt_docs.example_notes(None, None, None, None, None, lines)
+    assert lines == ["Text.", "", "Example:", "  The reference ends at [0.4, 0.2]:", "",
+                     "  >>> 1 + 1", "  2"]

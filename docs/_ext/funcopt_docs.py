@@ -22,6 +22,7 @@ import builtins
 import importlib
 import inspect
 import pathlib
+import re
 import shutil
 
 from sphinx.util.docutils import SphinxDirective
@@ -311,6 +312,31 @@ def copy_mathjax(app, exception):
             shutil.copy2(src, dst)
 
 
+_EXAMPLE_NOTE = re.compile(r"^(\s*)(Examples?) \((.*)$")
+
+
+def example_notes(app, what, name, obj, options, lines):
+    """``autodoc-process-docstring`` (before napoleon): the docstrings' ``Example (note):``
+    header, which may wrap over two lines, becomes napoleon's ``Example:`` section with the
+    note as its first paragraph."""
+    i = 0
+    while i < len(lines):
+        match = _EXAMPLE_NOTE.match(lines[i])
+        end = next((j for j in range(i, min(i + 4, len(lines)))
+                    if lines[j].rstrip().endswith("):")), None)
+        if match is None or end is None or end + 1 >= len(lines):
+            i += 1
+            continue
+        indent, header, first = match.groups()
+        note = " ".join([first] + [line.strip() for line in lines[i + 1:end + 1]])
+        body = lines[end + 1]
+        inner = body[:len(body) - len(body.lstrip())] or indent + "  "
+        note = note[:-2].rstrip()
+        lines[i:end + 1] = [f"{indent}{header}:", f"{inner}{note[:1].upper()}{note[1:]}:", ""]
+        i = end + 1
+    return None
+
+
 def skip_internal_members(app, what, name, obj, skip, options):
     """``autodoc-skip-member``: members whose docstring says ``Internal API`` stay out."""
     doc = inspect.getdoc(obj) or ""
@@ -323,6 +349,7 @@ def setup(app):
     app.add_directive("funcopt-torch-pairs", TorchPairsDirective)
     app.connect("missing-reference", plain_external_names)
     app.connect("autodoc-skip-member", skip_internal_members)
+    app.connect("autodoc-process-docstring", example_notes, priority=400)
     app.connect("build-finished", copy_mathjax)
     mathjax_source()  # fail early, with the import error, if the docs extra is missing
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
