@@ -103,13 +103,18 @@ def test_porting_guide_lists_the_trainer_menu(site):
         assert f'<span class="pre">{name}</span>' in page, name
 
 
-def test_only_external_and_private_names_render_unlinked():
+def _extension():
+    """docs/_ext/funcopt_docs.py, the site's Sphinx extension."""
     reference("sphinx")
     sys.path.insert(0, str(ROOT / "docs" / "_ext"))
     try:
-        import funcopt_docs
+        return importlib.import_module("funcopt_docs")
     finally:
         sys.path.remove(str(ROOT / "docs" / "_ext"))
+
+
+def test_only_external_and_private_names_render_unlinked():
+    funcopt_docs = _extension()
     plain = ["optax.GradientTransformation", "jax.Array", "torch.optim.AdamW", "int",
              "transformers.AdamW", "typing.Any", "funcopt._bnb32", "funcopt.torch._layouts.Layout"]
     linked = ["funcopt.adamw", "funcopt.not_a_name", "funcopt.torch.AdamW", "adamw", "Layout"]
@@ -122,12 +127,7 @@ def test_only_external_and_private_names_render_unlinked():
 
 
 def test_example_headers_with_a_note_become_example_sections():
-    reference("sphinx")
-    sys.path.insert(0, str(ROOT / "docs" / "_ext"))
-    try:
-        import funcopt_docs
-    finally:
-        sys.path.remove(str(ROOT / "docs" / "_ext"))
+    funcopt_docs = _extension()
     lines = ["Text.", "", "Example (the reference ends at", "[0.4, 0.2]):", "  >>> 1 + 1", "  2"]
     funcopt_docs.example_notes(None, None, None, None, None, lines)
     assert lines == ["Text.", "", "Example:", "  The reference ends at [0.4, 0.2]:", "",
