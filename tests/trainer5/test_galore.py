@@ -139,7 +139,7 @@ def test_injected_projection_parity(seed):
     assert dev <= 1e-6
 
 
-@pytest.mark.parametrize("seed", range(10, 16))
+@pytest.mark.parametrize("seed", range(10, 13))
 def test_jax_svd_parity(seed):
     """JAX's own SVD: <= 1e-4 before the first re-projection (sign-free values: a flipped
     vector flips its moment's column too); through re-projections with torch's signs."""
