@@ -205,16 +205,17 @@ class AdamTorch(_core.Rule):
         zeros = jnp.zeros_like(p)
         return jnp.zeros([], f32), zeros, zeros, zeros if self.amsgrad else None
 
-    def _second_moment(self, k, v, g):
+    def _second_moment(self, k, v, g, float32_fused):
         """``v.mul_(b2).addcmul_(g, g, value=1 - b2)``: ``fma(c * g, g, round(b2 * v))``.
 
         The fused float32 kernel computes the same in its vectorized body, but in its scalar
         tail (the last ``numel % 8`` elements: x86 builds vectorize the rest, 8 or 16 wide)
-        GCC fuses the other product: ``fma(v, b2, round(round(c * g) * g))``.
+        GCC fuses the other product: ``fma(v, b2, round(round(c * g) * g))``. (For bf16 the
+        two forms round to the same bf16 value but in rare ties; the body's is used.)
         """
         b2, c = scalar(self.b2), complement(self.b2)
         n = v.size
-        if not (self.fused and k.dtype == f32 and n % 8):
+        if not (float32_fused and n % 8):
             return k.addcmul(k.mul(v, b2), g, g, c)
         # Flat slices, computed apart: a select between the two forms lets XLA share
         # ``v * b2`` and lose the tail's fused multiply-add.
@@ -260,7 +261,7 @@ class AdamTorch(_core.Rule):
         elif decays:  # grad = grad.add(param, alpha=weight_decay)
             g = k.add(g, p32, scalar(self.weight_decay))
         m = k.lerp(m.astype(f32), g, complement(self.b1))
-        v = self._second_moment(k, v.astype(f32), g)
+        v = self._second_moment(k, v.astype(f32), g, self.fused and dtype == f32)
         if self.amsgrad:
             vmax = jnp.maximum(vmax.astype(f32), v)
         neg_step_size, bc2_sqrt = self._at_step(scalars, t)

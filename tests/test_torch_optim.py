@@ -226,10 +226,15 @@ def test_side_by_side(name, dtype, i):
             if field in leaf_exact:
                 np.testing.assert_array_equal(as_np(ours), as_np(theirs), err_msg=field)
     worst = max(rel(a, b) for pairs in by_name.values() for a, b in pairs)
-    # float32: ulps; bf16: the 0-D leaf (torch's scalar tail) may drift by an ulp or two
-    assert worst <= (1e-6 if dtype == "float32" else 2.0 ** -6), f"{name} {kw}: {worst:.2e}"
     t64params, _ = run_torch(algo, kw, init, grads, "float64")
-    noise = max(rel(a, b) for a, b in zip(tparams, t64params, strict=True))
+    leaf_noise = [rel(a, b) for a, b in zip(tparams, t64params, strict=True)]
+    noise = max(leaf_noise)
+    if dtype == "float32":
+        assert worst <= 1e-6, f"{name} {kw}: relative deviation {worst:.2e}"
+    else:  # the 0-D leaf (torch's scalar tail) drifts, within torch's own bf16 noise
+        for field, pairs in by_name.items():
+            for (a, b), leaf in zip(pairs, leaf_noise, strict=True):
+                assert rel(a, b) <= max(2.0 ** -6, leaf), (field, rel(a, b), leaf)
     equal = np.mean(np.concatenate([as_np(a).ravel() == as_np(b).ravel()
                                     for pairs in by_name.values() for a, b in pairs]))
     print(f"\n{name} {dtype} {kw}: worst relative deviation {worst:.2e} ({equal:.2%} "
