@@ -111,11 +111,14 @@ adamw_torch.__doc__ = r"""``torch.optim.AdamW`` (its for-loop/foreach path, torc
     torch's rounding, op by op (see :mod:`funcopt._torch_ops`), with the step scalars
     (``lr / (1 - b1**t)``, ``sqrt(1 - b2**t)``, ``1 - lr * wd``) equal to torch's float64
     values rounded to float32. Moments live in the parameter's dtype and bf16 parameters are
-    rounded after every in-place op, as torch does. Exactness: bitwise for bf16 parameters
-    (but for torch's scalar tail, see ``bf16_close`` in the tests); for float32 parameters
-    within an ulp per step, not bitwise, because torch's x86 builds take ``exp_avg_sq.sqrt()``
-    from MKL, whose square root is not correctly rounded (about 0.7% of elements are an ulp
-    low); :func:`adamw_torch_fused` has no such difference. Unlike :func:`funcopt.adamw`
+    rounded after every in-place op, as torch does. Exactness (under ``jit``): bitwise for
+    bf16 parameters; for float32 the moments are bitwise and the parameters within an ulp
+    per step, because torch's x86 builds take ``exp_avg_sq.sqrt()`` from MKL, whose square
+    root is not correctly rounded (about 0.7% of elements an ulp low);
+    :func:`adamw_torch_fused` has no such difference. Updates are float32 (``new - p``, also
+    for bf16 parameters); with decay, a float32 parameter stepping across zero can land an
+    ulp of ``p`` off torch's (see :func:`funcopt._torch_ops.update_to`). Unlike
+    :func:`funcopt.adamw`
     (``transformers.AdamW``), :math:`\epsilon` is added to the bias-corrected
     :math:`\sqrt v` and the decay multiplies :math:`p` before the step.
 """ + _ARGS.format(wd_default=" (torch's AdamW default 1e-2)") + r"""
@@ -134,8 +137,12 @@ adamw_torch_fused.__doc__ = r"""``torch.optim.AdamW(fused=True)``: torch's fused
     The same formula as :func:`adamw_torch`, computed the way the fused kernel
     (``aten/src/ATen/native/cpu/FusedAdamKernel.cpp``) does: in float32 whatever the
     parameter's dtype, with the moments and the parameter rounded to bf16 only when stored,
-    and a correctly rounded square root. Bitwise equal to torch for float32 and bf16
-    parameters. For float32 its numbers equal :func:`adamw_torch`'s; torch's two paths differ
+    and a correctly rounded square root (its scalar tail, the last ``numel % 8`` float32
+    elements, fuses one product differently, which is followed too). Bitwise equal to torch
+    for float32 and bf16 parameters under ``jit``, but that with decay a float32 parameter
+    stepping across zero can land an ulp of ``p`` off (the additive update ``new - p`` cannot
+    always reach torch's product). For float32 its numbers equal :func:`adamw_torch`'s;
+    torch's two paths differ
     (in ~4% of elements by an ulp after 30 steps) only through MKL's square root in the
     for-loop path. For bf16 they differ more: the for-loop path rounds after every op.
 """ + _ARGS.format(wd_default=" (torch's AdamW default 1e-2)") + r"""

@@ -61,9 +61,10 @@ def sgd(
 
     (the momentum lines only when :math:`\mu \ne 0`). torch's rounding, op by op (each
     ``add_(..., alpha=a)`` is one fused multiply-add, ``a`` rounded to bf16 for bf16
-    parameters), with the buffer in the parameter's dtype. Bitwise equal to torch under
-    ``jit`` for float32 and bf16 parameters, except that a float32 parameter stepping across
-    zero can land an ulp away (see :func:`funcopt._torch_ops.update_to`). Updates are float32.
+    parameters), with the buffer in the parameter's dtype. The update is the float32
+    product :math:`-\eta g`: ``optax.apply_updates`` fuses it with the parameter into torch's
+    ``fma`` when update and apply run in one ``jit`` (bitwise equal to torch then, float32 and
+    bf16 but for torch's bf16 scalar tail); applied apart, the product is rounded first.
 
     Args:
       learning_rate: a float >= 0 or a schedule ``count -> lr`` (torch's default 1e-3; the
