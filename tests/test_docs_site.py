@@ -130,5 +130,5 @@ def test_example_headers_with_a_note_become_example_sections():
     funcopt_docs = _extension()
     lines = ["Text.", "", "Example (the reference ends at", "[0.4, 0.2]):", "  >>> 1 + 1", "  2"]
     funcopt_docs.example_notes(None, None, None, None, None, lines)
-    assert lines == ["Text.", "", "Example:", "  The reference ends at [0.4, 0.2]:", "",
+    assert lines == ["Text.", "", "Example:", "  the reference ends at [0.4, 0.2]:", "",
                      "  >>> 1 + 1", "  2"]

@@ -332,7 +332,7 @@ def example_notes(app, what, name, obj, options, lines):
         body = lines[end + 1]
         inner = body[:len(body) - len(body.lstrip())] or indent + "  "
         note = note[:-2].rstrip()
-        lines[i:end + 1] = [f"{indent}{header}:", f"{inner}{note[:1].upper()}{note[1:]}:", ""]
+        lines[i:end + 1] = [f"{indent}{header}:", f"{inner}{note}:", ""]
         i = end + 1
     return None
 
