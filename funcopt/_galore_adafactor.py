@@ -79,9 +79,9 @@ def galore_adafactor(
     projection, its SVD and ``svd`` injection are described in :mod:`funcopt._galore`.
 
     Args:
-      learning_rate, eps, clip_threshold, decay_rate, beta1, weight_decay, scale_parameter,
-        relative_step, warmup_init: as :func:`funcopt.adafactor` (galore-torch's defaults
-        are transformers').
+      learning_rate: and eps, clip_threshold, decay_rate, beta1, weight_decay,
+        scale_parameter, relative_step, warmup_init: as :func:`funcopt.adafactor`
+        (galore-torch's defaults are transformers').
       rank, update_proj_gap, scale, proj_type, mask, svd: as :func:`funcopt.galore_adamw`.
 
     Example:
