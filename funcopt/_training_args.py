@@ -129,6 +129,8 @@ def _optimizer_kwargs(name, args, optim_args) -> dict:
         out["decouple_lr"] = bool(optim_args.get("decouple_lr", False))  # bool(str), as 5.23
         if "max_lr" in optim_args:
             out["max_lr"] = float(optim_args["max_lr"])
+        elif out["decouple_lr"]:  # optimi takes the constructor's lr, before any schedule
+            out["max_lr"] = _field(args, "learning_rate")
         if "kahan_sum" in optim_args:
             out["kahan_sum"] = bool(optim_args["kahan_sum"])
         return out
