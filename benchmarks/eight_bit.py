@@ -1,11 +1,11 @@
 """funcopt's 8-bit optimizers: step time against float32 ``funcopt.adamw`` and against
 bitsandbytes 0.50.2 on CPU, and state bytes per parameter.
 
-``python -m benchmarks.eight_bit [--params 7m|28m] [--rounds N] [--output FILE]``
+``python -m benchmarks.eight_bit [--params 10m|28m] [--rounds N] [--output FILE]``
 
-Every optimizer updates its own copy of the same GPT-2-shaped leaves (``7m``: one block's
-matrices and a 4096-token embedding, 11.1M parameters in 5 leaves; ``28m``: three blocks and
-an 8192-token embedding) with fixed gradients. A JAX step is ``update`` +
+Every optimizer updates its own copy of the same GPT-2-shaped leaves (``10m``: one block's
+matrices and a 4096-token embedding, 10.2M parameters in 5 leaves; ``28m``: three blocks and
+an 8192-token embedding, 27.5M in 13) with fixed gradients. A JAX step is ``update`` +
 ``optax.apply_updates`` in one ``jit`` with parameters and state donated, compiled ahead of
 time; a bitsandbytes step is ``optimizer.step()`` with ``.grad`` set (only when bitsandbytes
 is importable: run it with the ``.venv5`` interpreter for that column). Rounds interleave the
@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-SIZES = {"7m": (1, 4096), "28m": (3, 8192)}
+SIZES = {"10m": (1, 4096), "28m": (3, 8192)}
 D = 768
 NAMES = ["adamw", "adamw_8bit", "lion_8bit", "ademamix_8bit", "rmsprop_8bit"]
 BNB = {"adamw_8bit": ("AdamW", {}), "lion_8bit": ("Lion", {}),
@@ -115,7 +115,7 @@ def table(result: dict) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", choices=sorted(SIZES), default="7m")
+    ap.add_argument("--params", choices=sorted(SIZES), default="10m")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--output", default=None)
     args = ap.parse_args(argv)

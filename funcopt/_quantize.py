@@ -13,12 +13,12 @@ each element by ``inv = 1 / absmax`` (rounded to float32), clamps to [-1, 1], pu
 ``v`` in one of 65,536 bins, ``trunc(fma(65535, round((v + 1) * 0.5), 0.5))``, and reads the
 code from a table that gives bin ``i`` the first map entry whose upper midpoint is not below
 the bin's left value ``-1 + 2 i / 65535``. A nearest-code quantizer agrees with it on about
-96% of codes. Here the table is built the same way, and the bin of ``v`` is found exactly
-without relying on an fma: estimated from below in float32 (true bin or one less), then
-raised by one where ``v`` reaches the next bin's start, the least float32 value of that bin
-(all 65,537 starts are computed once by bisection with bitsandbytes' own bin function). The
-composition is monotone, so it is equally ``code = #{k : v >= thresholds(signed)[k]}`` for 255
-float32 thresholds. An all-zero block gives absmax 0 and code 0 everywhere; an exact 0 in a
+96% of codes. The composition is monotone, so 255 float32 thresholds reproduce it:
+``code = #{k : v >= thresholds(signed)[k]}``, each the least float32 value of the first bin of
+its code, found once by bisection with bitsandbytes' own bin function and table. The codes are
+computed without relying on an fma: the bin is estimated from below in float32 (the true bin
+or one less), and of that bin's code and the next bin's, the next one is taken where ``v``
+reaches its threshold. An all-zero block gives absmax 0 and code 0 everywhere; an exact 0 in a
 non-zero block gets the code of the bin above 0, not the map's 0 entry; a NaN gets code 0.
 
 The maps are bitsandbytes' ``create_dynamic_map(signed)`` as torch 2.x builds it with its
@@ -162,21 +162,28 @@ def _least(reaches, n: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=2)
-def _tables(signed: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``(starts, codes)``: ``starts[b]`` (``b = 0 .. 65536``) the least scaled float32 value
-    in bin ``>= b`` (``starts[0] = -inf``, ``starts[65536] = +inf``), ``codes`` the bin -> code
-    table."""
-    starts = _least(lambda v: _bin(v) >= np.arange(65537), 65537)
-    starts[0] = -np.inf
-    return starts.astype(np.float32), _table(_map(bool(signed))).astype(np.uint8)
-
-
 def thresholds(signed: bool) -> np.ndarray:
-    """``t[k]`` (``k = 1 .. 255``): the least scaled float32 value quantized to a code ``>= k``
-    (``+inf`` if none); ``t[0] = -inf``. The quantizer is ``code = #{k >= 1 : v >= t[k]}``."""
-    starts, codes = _tables(bool(signed))
-    first_bin = np.searchsorted(codes, np.arange(1, 256), side="left")
-    return np.concatenate([[-np.inf], starts[first_bin]]).astype(np.float32)
+    """``t[k]`` (``k = 1 .. 255``): the least scaled float32 value quantized to a code ``>= k``,
+    the start of the first bin whose code is ``>= k`` (``+inf`` if none); ``t[0] = -inf``.
+    The quantizer is ``code = #{k >= 1 : v >= t[k]}``."""
+    table = _table(_map(bool(signed)))
+    first_bin = np.searchsorted(table, np.arange(1, 256), side="left")
+    t = _least(lambda v: _bin(v) >= first_bin, 255)
+    return np.concatenate([[-np.inf], t]).astype(np.float32)
+
+
+def bin_starts() -> np.ndarray:
+    """The least scaled float32 value of each of the 65536 bins (tests probe around them)."""
+    return _least(lambda v: _bin(v) >= np.arange(65536), 65536).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def _tables(signed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(pairs, thresholds)``: ``pairs[b]`` holds bin ``b``'s code (low byte) and bin
+    ``b + 1``'s (high byte) as uint16."""
+    table = _table(_map(bool(signed))).astype(np.uint16)
+    pairs = table | (np.append(table[1:], table[-1]) << 8)
+    return pairs.astype(np.uint16), thresholds(bool(signed))
 
 
 def n_blocks(n: int) -> int:
@@ -247,15 +254,16 @@ def _lookup(table, index):
 
 
 def _codes(v, signed: bool):
-    """The codes of scaled values ``v`` in [-1, 1]: the bin, estimated from below as
-    ``trunc(65535 * (v + 1) / 2 + 0.25)`` (bitsandbytes adds 0.5 with one rounding; this
-    float32 estimate, < 2**-7 off with or without an fma, is the true bin or one less), raised
-    where ``v`` reaches the next bin's exact start; then bitsandbytes' bin -> code table."""
-    starts, table = (jnp.asarray(t) for t in _tables(bool(signed)))
+    """The codes of scaled values ``v`` in [-1, 1]. The bin is estimated from below as
+    ``trunc(65535 * (v + 1) / 2 + 0.25)`` (bitsandbytes adds 0.5 with one rounding; this float32
+    estimate, < 2**-7 off with or without an fma, is the true bin or one less); of the codes
+    of that bin and the next, the next one's is taken where ``v`` reaches its threshold (when
+    the two differ, that threshold is exactly the next bin's start)."""
+    pairs, t = (jnp.asarray(x) for x in _tables(bool(signed)))
     z = f32(65535) * ((v + f32(1)) * f32(0.5)) + f32(0.25)
-    b = jnp.clip(z.astype(jnp.int32), 0, 65535)
-    b = b + (v >= _lookup(starts, b + 1)).astype(jnp.int32)
-    return _lookup(table, b)
+    pair = _lookup(pairs, jnp.clip(z.astype(jnp.int32), 0, 65535)).astype(jnp.int32)
+    low, high = pair & 255, pair >> 8
+    return jnp.where(v >= _lookup(t, high), high, low).astype(jnp.uint8)
 
 
 def quantize_blocks(xb, signed: bool):

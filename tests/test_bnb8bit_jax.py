@@ -172,10 +172,10 @@ def test_mask_keeps_a_leaf_from_decaying():
 
 
 def test_quantizer_tables_agree_with_the_thresholds():
-    # The fma-free bin search (estimate, then one comparison with the next bin's start) gives
+    # The fma-free code search (bin estimate, then one threshold comparison) gives
     # the code the 255 thresholds give, at every bin start and one ulp either side.
     for signed in (True, False):
-        starts = _quantize._tables(signed)[0][1:-1]
+        starts = _quantize.bin_starts()[1:]
         v = np.concatenate([starts, np.nextafter(starts, -2), np.nextafter(starts, 2), [-1, 1]])
         v = np.clip(v, -1, 1).astype(np.float32)
         codes = np.asarray(jax.jit(_quantize._codes, static_argnums=1)(jnp.asarray(v), signed))

@@ -177,7 +177,7 @@ def test_quantizer_matches_bitsandbytes_c_routine():
         np.testing.assert_array_equal(code.numpy(), _quantize.dynamic_map(signed))
         # Every bin start, one ulp below and above, as scaled values (absmax 1), and random
         # tensors over many decades, sizes around the block, zeros, an all-zero block, a NaN.
-        starts = _quantize._tables(signed)[0][1:-1]
+        starts = _quantize.bin_starts()[1:]
         probes = np.concatenate([starts, np.nextafter(starts, -2), np.nextafter(starts, 2)])
         probes = np.clip(probes.astype(np.float32), -1, 1)
         blocks = np.concatenate([np.ones((len(probes) // 255 + 1, 1), np.float32),
