@@ -150,7 +150,9 @@ def adamw_8bit(
       b1, b2: the moments' decays, in [0, 1) (bitsandbytes' ``betas``).
       eps: >= 0, added to the corrected :math:`\sqrt v`.
       weight_decay: decoupled decay rate, >= 0, applied where ``mask`` is True.
-      min_8bit_size: parameters with fewer elements keep 32-bit states (an integer >= 0).
+      min_8bit_size: parameters with fewer elements keep 32-bit states (an integer >= 0;
+        it fixes the state's layout: under ``optax.inject_hyperparams`` with a jitted
+        ``init``, list it in ``static_args``).
       mask: optional pytree of bools like the params (or a callable ``params -> mask``).
 
     Example:

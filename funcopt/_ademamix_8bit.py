@@ -74,7 +74,9 @@ def ademamix_8bit(
       t_beta3: steps of the warmup of ``b3`` from ``b1``; None or 0: no warmup.
       eps: added to the corrected :math:`\sqrt\nu`, >= 0.
       weight_decay: decoupled decay rate, >= 0, applied where ``mask`` is True.
-      min_8bit_size: parameters with fewer elements keep 32-bit states (an integer >= 0).
+      min_8bit_size: parameters with fewer elements keep 32-bit states (an integer >= 0;
+        it fixes the state's layout: under ``optax.inject_hyperparams`` with a jitted
+        ``init``, list it in ``static_args``).
       mask: optional pytree of bools like the params (or a callable ``params -> mask``).
 
     Example:

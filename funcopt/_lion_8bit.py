@@ -74,7 +74,9 @@ def lion_8bit(
       b1: interpolation between momentum and gradient for the step, in [0, 1).
       b2: the momentum's decay, in [0, 1).
       weight_decay: decoupled decay rate, >= 0, applied where ``mask`` is True.
-      min_8bit_size: parameters with fewer elements keep a 32-bit state (an integer >= 0).
+      min_8bit_size: parameters with fewer elements keep a 32-bit state (an integer >= 0;
+        it fixes the state's layout: under ``optax.inject_hyperparams`` with a jitted
+        ``init``, list it in ``static_args``).
       mask: optional pytree of bools like the params (or a callable ``params -> mask``).
 
     Example:

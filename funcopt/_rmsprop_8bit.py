@@ -81,7 +81,9 @@ def rmsprop_8bit(
       momentum: must be 0: bitsandbytes' CPU path accepts a momentum and ignores it; funcopt
         refuses it rather than ignore it silently (``funcopt.rmsprop`` has one).
       centered: must be False, as bitsandbytes raises on it.
-      min_8bit_size: parameters with fewer elements keep a 32-bit state (an integer >= 0).
+      min_8bit_size: parameters with fewer elements keep a 32-bit state (an integer >= 0;
+        it fixes the state's layout: under ``optax.inject_hyperparams`` with a jitted
+        ``init``, list it in ``static_args``).
       mask: optional pytree of bools like the params (or a callable ``params -> mask``).
 
     Example:

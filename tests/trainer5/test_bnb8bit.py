@@ -297,3 +297,33 @@ def test_state_bytes_per_parameter_match_bitsandbytes():
         assert math.isclose(ours / p.numel(), {"adamw": 2.03125, "lion": 1.015625,
                                                "ademamix": 3.046875,
                                                "rmsprop": 1.015625}[name])
+
+
+BAD = [  # (name, funcopt keywords, bitsandbytes keywords): both refuse them
+    ("adamw", {"b1": 1.0}, {"betas": (1.0, 0.999)}),
+    ("adamw", {"b2": -0.5}, {"betas": (0.9, -0.5)}),
+    ("adamw", {"eps": -1e-8}, {"eps": -1e-8}),
+    ("adamw", {"learning_rate": -1.0}, {"lr": -1.0}),
+    ("adamw", {"weight_decay": -0.1}, {"weight_decay": -0.1}),
+    ("lion", {"b1": 1.5}, {"betas": (1.5, 0.99)}),
+    ("ademamix", {"b3": 1.0}, {"betas": (0.9, 0.999, 1.0)}),
+    ("rmsprop", {"alpha": 0.0}, {"alpha": 0.0}),
+    ("rmsprop", {"centered": True}, {"centered": True}),
+]
+
+
+@pytest.mark.parametrize("name,ours,theirs", BAD)
+def test_what_bitsandbytes_rejects_is_rejected_at_construction(name, ours, theirs):
+    with pytest.raises((ValueError, NotImplementedError)):
+        p = torch.nn.Parameter(torch.zeros(8))
+        opt = reference_optimizer(name, theirs)([p])
+        p.grad = torch.ones(8)
+        opt.step()
+    with pytest.raises((ValueError, TypeError), match=next(iter(ours))):
+        FUNCTIONS[name](**ours)
+    # Keywords of the classes that funcopt's functions do not take are refused by the menu
+    # when they contradict the name (optim_bits) and are unknown otherwise (amsgrad).
+    with pytest.raises(ValueError, match="optim_bits"):
+        funcopt.get_optimizer("adamw_8bit", learning_rate=1e-3, optim_bits=32)
+    with pytest.raises(TypeError, match="amsgrad"):
+        funcopt.get_optimizer("adamw_8bit", learning_rate=1e-3, amsgrad=True)
