@@ -134,6 +134,11 @@ from funcopt._schedule_free import schedule_free_radam as schedule_free_radam
 from funcopt._schedule_free import schedule_free_eval_params as schedule_free_eval_params
 from funcopt._schedule_free import schedule_free_train_params as schedule_free_train_params
 
+# The Trainer's gradient clipping (torch.nn.utils.clip_grad_norm_) and weight-decay rule.
+from funcopt._clipping import ClipGradNormState as ClipGradNormState
+from funcopt._clipping import clip_grad_norm as clip_grad_norm
+from funcopt._clipping import get_total_norm as get_total_norm
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -162,3 +167,4 @@ __all__ += ["AdamWBnbState", "adamw_bnb", "AdamW8bitState", "adamw_8bit", "Lion8
             "lion_8bit", "AdEMAMix8bitState", "ademamix_8bit", "RMSprop8bitState", "rmsprop_8bit"]
 __all__ += ["ScheduleFreeState", "schedule_free_adamw", "schedule_free_sgd", "schedule_free_radam",
             "schedule_free_eval_params", "schedule_free_train_params"]
+__all__ += ["ClipGradNormState", "clip_grad_norm", "get_total_norm"]
