@@ -138,6 +138,7 @@ from funcopt._schedule_free import schedule_free_train_params as schedule_free_t
 from funcopt._clipping import ClipGradNormState as ClipGradNormState
 from funcopt._clipping import clip_grad_norm as clip_grad_norm
 from funcopt._clipping import get_total_norm as get_total_norm
+from funcopt._trainer_mask import trainer_decay_mask as trainer_decay_mask
 
 __version__ = "0.1.0"
 
@@ -167,4 +168,4 @@ __all__ += ["AdamWBnbState", "adamw_bnb", "AdamW8bitState", "adamw_8bit", "Lion8
             "lion_8bit", "AdEMAMix8bitState", "ademamix_8bit", "RMSprop8bitState", "rmsprop_8bit"]
 __all__ += ["ScheduleFreeState", "schedule_free_adamw", "schedule_free_sgd", "schedule_free_radam",
             "schedule_free_eval_params", "schedule_free_train_params"]
-__all__ += ["ClipGradNormState", "clip_grad_norm", "get_total_norm"]
+__all__ += ["ClipGradNormState", "clip_grad_norm", "get_total_norm", "trainer_decay_mask"]
