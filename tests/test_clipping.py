@@ -110,8 +110,13 @@ def compare(rng, mix, norm_type, trees=4, draws=6):
     return cases, bitwise, worst, noise
 
 
-@pytest.mark.parametrize("mix", ["f32", "bf16", "mixed", "f16", "three"])
-@pytest.mark.parametrize("norm_type", EXACT_ORDERS)
+# float16 has its own 2-norm path (torch's scalar reduction); inf, -inf and 0 are the same
+# reductions in every dtype, so float16 and the three-dtype mix run with 2 and 1 only.
+BITWISE_CASES = [(mix, p) for mix in ("f32", "bf16", "mixed") for p in EXACT_ORDERS] + [
+    (mix, p) for mix in ("f16", "three") for p in (2.0, 1.0)]
+
+
+@pytest.mark.parametrize("mix, norm_type", BITWISE_CASES)
 def test_bitwise_equal_to_torch(mix, norm_type):
     rng = np.random.default_rng([7, list(DTYPE_MIXES).index(mix), EXACT_ORDERS.index(norm_type)])
     trees = 2 if mix in ("f16", "three") else 3
@@ -221,10 +226,10 @@ def test_order_zero_counts_like_torch():
         assert same(f_norm, t_norm)
 
 
-@pytest.mark.parametrize("norm_type", [2.0, math.inf, 0.0, 1.0, 3.0])
+@pytest.mark.parametrize("norm_type", [2.0, 0.0, 3.0])
 def test_inject_hyperparams_and_scan(norm_type):
-    """Injected (traced) max_norm and norm_type give the static numbers; the state's dtype is
-    fixed across updates inside lax.scan."""
+    """Injected (traced) max_norm and norm_type give the static numbers (every order's kernel
+    is compiled and the step picks one); the state's dtype is fixed inside lax.scan."""
     rng = np.random.default_rng(5)
     grads = [jnp.asarray(v) for v in random_values(rng, [(5, 6), (9,), ()], ["float32"] * 3)]
     static = funcopt.clip_grad_norm(0.3, norm_type)
