@@ -42,9 +42,11 @@ class ScheduleFreeState(NamedTuple):
       k: int32, the group's ``k`` (steps taken).
       weight_sum: float32 ``[hi, lo]``, the group's float64 ``weight_sum`` as ``hi + lo``.
       lr_max: float32 ``[hi, lo]``, the group's ``lr_max`` (-1 before the first step).
-      train_mode: bool, the group's ``train_mode``: True when the params hold y (always, after
-        ``init`` or an update); False for a state converted from an optimizer in eval mode,
-        whose params hold x (the next update first moves them to y, as ``.train()`` would).
+      train_mode: bool, the group's ``train_mode``: True when the params hold y (after
+        ``init`` and every update); False for a state converted from an optimizer in eval
+        mode, whose params hold x: give an update y, i.e.
+        :func:`funcopt.schedule_free_train_params` of them (the reference's ``step()`` raises
+        until ``.train()`` is called; an update here takes its params as y and cannot check).
       b1: float32 ``[hi, lo]``, beta1 (SGD: momentum) as the last update used it, which
         :func:`funcopt.schedule_free_eval_params` needs.
       z: pytree like the params, the state's ``z`` (in the parameters' dtypes).
@@ -77,8 +79,6 @@ class Scalars(NamedTuple):
     alpha: Any  # y.add_(grad, alpha=lr * (beta1 * (1 - ckp1) - 1))
     bias_correction2: Any  # exp_avg_sq.div(bias_correction2); None for SGD
     adam: Any  # RAdam: rho_t > 4 (normalize the gradient); True for AdamW
-    train_mode: Any  # False: the params hold x, and the update first moves them to y
-    train_weight: Any  # optimizer.train()'s lerp weight 1 - beta1
 
 
 def lerp(a, b, w):
@@ -163,7 +163,7 @@ class ScheduleFree(_core.Rule):
 
     def group_step(self, count, group: tuple):
         """One step of the reference's group-level Python-float arithmetic."""
-        k, weight_sum, lr_max, train_mode, _ = group
+        k, weight_sum, lr_max, _, _ = group
         t = df.of_int(k + 1)
         factor, powers, adam = self.factor(k, t)
         base = self.learning_rate
@@ -181,7 +181,7 @@ class ScheduleFree(_core.Rule):
         b1, one = df.of(self.b1), df.const(1.0)
         alpha = df.mul(lr, df.sub(df.mul(b1, df.sub(one, ckp1)), one))
         scalars = Scalars(lr.hi, ckp1.hi, alpha.hi, None if powers is None else powers[1].hi,
-                          adam, train_mode, df.sub(one, b1).hi)
+                          adam)
         group = (k + 1, df.pair(weight_sum), df.pair(lr_max), jnp.ones([], jnp.bool_),
                  df.pair(b1))
         return scalars, group
@@ -193,11 +193,12 @@ class ScheduleFree(_core.Rule):
         return z, (jnp.zeros_like(p) if self.adaptive else None)
 
     def second_moment(self, g, v, rnd):
-        """``exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)`` as torch rounds
-        it: ``fma(round((1 - b2) g), g, round(b2 v))``."""
+        """``_foreach_mul_(exp_avg_sq, beta2)``, ``_foreach_addcmul_(exp_avg_sq, grad, grad,
+        value=1 - beta2)`` as torch rounds them: ``fma(round((1 - b2) g), g, round(b2 v))``
+        (for bf16, ``_foreach_mul_`` rounds its scalar to bf16 first; ``mul_`` would not)."""
         b2 = self.b2
         one_minus = f32(1.0 - b2) if is_static(b2) else 1 - jnp.asarray(b2, f32)
-        return rnd(one_minus * g * g + rnd(unfused(v.astype(f32) * jnp.asarray(b2, f32))))
+        return rnd(one_minus * g * g + rnd(unfused(v.astype(f32) * rnd(jnp.asarray(b2, f32)))))
 
     def direction(self, s: Scalars, g, v, y, decays, rnd, sign):
         """``sign`` times the reference's step direction: ``grad / (sqrt(v / bias_correction2)
@@ -215,22 +216,22 @@ class ScheduleFree(_core.Rule):
             n = rnd(g / denom)
             g = n if s.adam is True else jnp.where(s.adam, n, g)
         if decays:
-            g = rnd(y * jnp.asarray(self.weight_decay, f32) + g)
+            g = rnd(y * rnd(jnp.asarray(self.weight_decay, f32)) + g)
         return g
 
     def step(self, s: Scalars, g, v, y, z, decays, rnd):
-        """``(y', z')`` from y: ``y.lerp_(z, ckp1).add_(d, alpha)`` and ``z.sub_(d, lr)``."""
-        new_y = rnd(self.direction(s, g, v, y, decays, rnd, 1) * s.alpha + rnd(lerp(y, z, s.ckp1)))
+        """``(y', z')`` from y: ``y.lerp_(z, ckp1).add_(d, alpha)`` and ``z.sub_(d, lr)``
+        (torch's bf16 ``add_`` rounds its ``alpha`` to bf16 first, hence ``rnd``)."""
+        new_y = rnd(self.direction(s, g, v, y, decays, rnd, 1) * rnd(s.alpha)
+                    + rnd(lerp(y, z, s.ckp1)))
         # z.sub_(d, alpha=lr) = fma(d, -lr, z) = fma(-d, lr, z)
-        new_z = rnd(self.direction(s, g, v, y, decays, rnd, -1) * s.lr + z)
+        new_z = rnd(self.direction(s, g, v, y, decays, rnd, -1) * rnd(s.lr) + z)
         return new_y, new_z
 
     def update_leaf(self, s: Scalars, g, p, fields, decays):
-        """One leaf: ``(y' - p, (z', exp_avg_sq'))``, the reference's in-place ops in order
-        (``x.add_(y, alpha=a)`` is ``fma(y, a, x)``; XLA contracts each ``a * y + x``). The
-        params hold y, unless the state's ``train_mode`` is False: then they hold x, and y is
-        what ``.train()`` makes of them (selected at the end: a selected value inside the
-        sums keeps XLA from contracting some of them into fused multiply-adds)."""
+        """One leaf: ``(y' - y, (z', exp_avg_sq'))`` for the params ``p = y``, the reference's
+        in-place ops in order (``x.add_(y, alpha=a)`` is ``fma(y, a, x)``; XLA contracts each
+        ``a * y + x``)."""
         z, v = fields
         rnd = rounder(p.dtype)
         p32, z32 = p.astype(f32), z.astype(f32)
@@ -238,11 +239,14 @@ class ScheduleFree(_core.Rule):
         if self.adaptive:
             v = self.second_moment(g, v, rnd)
         new_y, new_z = self.step(s, g, v, p32, z32, decays, rnd)
-        from_x = self.step(s, g, v, rnd(lerp(p32, z32, s.train_weight)), z32, decays, rnd)
-        new_y = jnp.where(s.train_mode, new_y, from_x[0])
-        new_z = jnp.where(s.train_mode, new_z, from_x[1])
+        # y' is NaN wherever z' is (z' = NaN means d or z is, and y' uses both): this select
+        # changes no value but makes y' wait for z', so XLA can overwrite the (donated) params
+        # in place after z' has read them for the decay, instead of first copying them.
+        new_y = jnp.where(jnp.isnan(new_z), new_z, new_y)
         v = None if v is None else v.astype(fields[1].dtype)
-        return (new_y - p32).astype(p.dtype), (new_z.astype(z.dtype), v)
+        # In float32 also for bf16 params: p + (y' - p) then lands on y' (a bf16 update would
+        # round); exact wherever y' and p are within a factor 2 (Sterbenz).
+        return new_y - p32, (new_z.astype(z.dtype), v)
 
 
 def _warmup(warmup_steps, k, t: df.DF):

@@ -46,7 +46,8 @@ def random_config(kind, seed):
         cfg.update(lr=pick(0.1, 0.5, 1.0), momentum=pick(0.9, 0.5, 0.99),
                    warmup_steps=pick(0, 5, 10, 2.5))
     else:
-        cfg.update(lr=pick(2.5e-3, 1e-2, 0.05), betas=(pick(0.9, 0.95, 0.5), pick(0.999, 0.99, 0.9)),
+        cfg.update(lr=pick(2.5e-3, 1e-2, 0.05),
+                   betas=(pick(0.9, 0.95, 0.5), pick(0.999, 0.99, 0.9)),
                    eps=pick(1e-8, 1e-6, 0.0))
     if kind == "adamw":
         cfg["warmup_steps"] = pick(0, 5, 10, 2.5, 40)
@@ -266,3 +267,178 @@ def test_group_scalars_bitwise_long_run(kind, cfg, steps):
         assert np.all(rel <= 1e-6)
         assert weight_sum == pytest.approx(group["weight_sum"], rel=1e-6)
     assert df.to_float(our_group[2]) == pytest.approx(group["lr_max"], rel=1e-14)
+
+
+def leaves_equal(a, b) -> bool:
+    return all(np.array_equal(np.asarray(x), np.asarray(y))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_scan_equals_jit(kind):
+    cfg, mask = random_config(kind, 1)
+    init, grads = problem(SHAPES, 12, 1)
+    tx = ours(kind, cfg, mask)
+    assert leaves_equal(run_funcopt(tx, init, grads), run_funcopt(tx, init, grads, scan=True))
+
+
+def run_with(tx, opt, tparams, init, grads, before_step):
+    """funcopt under jit beside the reference; ``before_step(t, state, opt) -> state``."""
+    params = [jnp.asarray(x) for x in init]
+    state = tx.init(params)
+    step = jax.jit(lambda g, s, p: (lambda u, s: (optax.apply_updates(p, u), s))(
+        *tx.update(g, s, p)))
+    for t, gs in enumerate(grads):
+        state = before_step(t, state, opt)
+        for p, g in zip(tparams, gs, strict=True):
+            p.grad = torch.tensor(g)
+        opt.step()
+        params, state = step([jnp.asarray(g) for g in gs], state, params)
+    return state, params
+
+
+@pytest.mark.parametrize("kind", ["adamw", "radam"])
+def test_inject_hyperparams_learning_rate_change(kind):
+    """Injected hyperparameters (float32 values) and a learning rate lowered mid-run, as a user
+    setting ``group['lr']`` does: lr_max keeps the larger one. The betas stay static: injected,
+    they arrive rounded to float32 (0.99 -> 0.99000001), which moves ``1 - b2**t`` by ~1e-6."""
+    kw = dict(learning_rate=0.02, b1=0.9, b2=0.99, weight_decay=0.1)
+    ref_kw = dict(lr=0.02, betas=(0.9, 0.99), weight_decay=0.1)
+    if kind == "adamw":
+        kw["warmup_steps"], ref_kw["warmup_steps"] = 3, 3
+    tx = optax.inject_hyperparams(getattr(funcopt, f"schedule_free_{kind}"),
+                                  static_args=("b1", "b2"))(**kw)
+    init, grads = problem(SHAPES, STEPS, 5)
+    tparams = [torch.nn.Parameter(torch.tensor(x)) for x in init]
+    opt = maker(kind, ref_kw, [True] * len(SHAPES))(tparams)
+
+    def lower_at_10(t, state, opt):
+        if t == 10:
+            opt.param_groups[0]["lr"] = 0.005
+            state.hyperparams["learning_rate"] = jnp.asarray(0.005, jnp.float32)
+        return state
+
+    state, params = run_with(tx, opt, tparams, init, grads, lower_at_10)
+    sf = state.inner_state
+    pairs = list(zip(params, tparams, strict=True)) + state_pairs(kind, sf, tparams, opt)
+    report(f"{kind} inject_hyperparams, lr 0.02 -> 0.005 at step 10", worst(pairs))
+    assert worst(pairs) <= 1e-6
+    assert df.to_float(sf.lr_max) == pytest.approx(opt.param_groups[0]["lr_max"], rel=1e-7)
+
+
+def test_learning_rate_schedule():
+    """A schedule as the learning rate (the Trainer steps its scheduler on schedule-free too):
+    transformers' linear schedule on the reference, funcopt's on funcopt."""
+    transformers = reference("transformers")
+    init, grads = problem(SHAPES, STEPS, 6)
+    tparams = [torch.nn.Parameter(torch.tensor(x)) for x in init]
+    opt = maker("adamw", dict(lr=0.01, warmup_steps=4), [True] * len(SHAPES))(tparams)
+    scheduler = transformers.get_linear_schedule_with_warmup(opt, 3, STEPS + 5)
+    tx = funcopt.schedule_free_adamw(funcopt.get_linear_schedule_with_warmup(0.01, 3, STEPS + 5),
+                                     warmup_steps=4)
+
+    def step_scheduler(t, state, opt):
+        if t:
+            scheduler.step()
+        return state
+
+    state, params = run_with(tx, opt, tparams, init, grads, step_scheduler)
+    pairs = list(zip(params, tparams, strict=True)) + state_pairs("adamw", state, tparams, opt)
+    report("adamw with a linear schedule", worst(pairs))
+    assert worst(pairs) <= 1e-6
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_continues_from_eval_mode(kind):
+    """A state taken from an optimizer in eval mode (params hold x, train_mode False): eval
+    weights are the params; ``schedule_free_train_params`` is the reference's ``.train()``,
+    and the update from there its ``step()``."""
+    cfg, mask = random_config(kind, 2)
+    init, grads = problem(SHAPES, 10, 2)
+    tparams = [torch.nn.Parameter(torch.tensor(x)) for x in init]
+    opt = maker(kind, cfg, mask)(tparams)
+    for gs in grads[:-1]:
+        for p, g in zip(tparams, gs, strict=True):
+            p.grad = torch.tensor(g)
+        opt.step()
+    opt.eval()
+    state = state_from(kind, opt, tparams)
+    assert not bool(state.train_mode)
+    x = [jnp.asarray(p.detach().numpy()) for p in tparams]
+    assert leaves_equal(funcopt.schedule_free_eval_params(state, x), x)  # already x
+    y = funcopt.schedule_free_train_params(state, x)
+    opt.train()
+    assert bitwise(list(zip(y, tparams, strict=True)))
+    tx = ours(kind, cfg, mask)
+    updates, new_state = jax.jit(tx.update)([jnp.asarray(g) for g in grads[-1]], state, y)
+    for p, g in zip(tparams, grads[-1], strict=True):
+        p.grad = torch.tensor(g)
+    opt.step()
+    assert bool(new_state.train_mode)
+    assert bitwise(state_pairs(kind, new_state, tparams, opt))
+    assert worst(list(zip(optax.apply_updates(y, updates), tparams, strict=True))) <= 1e-6
+
+
+def test_zero_learning_rate_and_nested_state():
+    """lr 0: the reference's ZeroDivisionError branch (ckp1 = 0) leaves everything in place;
+    the eval weights are found inside a chain."""
+    tx = optax.chain(optax.clip_by_global_norm(1.0), funcopt.schedule_free_adamw(0.0))
+    params = [jnp.asarray(x) for x in problem(SHAPES, 1, 3)[0]]
+    state = tx.init(params)
+    updates, state = jax.jit(tx.update)(params, state, params)
+    assert all(not np.any(np.asarray(u)) for u in updates)
+    sf = state[1]
+    assert int(sf.k) == 1 and df.to_float(sf.weight_sum) == 0.0 and df.to_float(sf.lr_max) == 0
+    assert leaves_equal(funcopt.schedule_free_eval_params(state, params), params)
+    with pytest.raises(ValueError, match="schedule-free"):
+        funcopt.schedule_free_eval_params(optax.sgd(0.1).init(params), params)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bfloat16(kind):
+    """bf16 parameters: z and exp_avg_sq stay bf16 (the reference's clones), the group fields
+    keep their types, and the values follow torch's bf16 kernels."""
+    from parity import BF16_SHAPES
+
+    cfg, mask = random_config(kind, 3)
+    init, grads = problem(BF16_SHAPES, 10, 3, scale=0.1)
+    opt, tparams = run_reference(torch, maker(kind, cfg, mask), init, grads, "bfloat16")
+    tx = ours(kind, cfg, mask)
+    state, params = run_funcopt(tx, init, grads, "bfloat16")
+    first = tx.init([jnp.asarray(x).astype(jnp.bfloat16) for x in init])
+    assert jax.tree.map(lambda a: (a.dtype, a.shape), first) == jax.tree.map(
+        lambda a: (a.dtype, a.shape), state)
+    assert {x.dtype for x in jax.tree.leaves(state.z)} == {jnp.dtype(jnp.bfloat16)}
+    pairs = list(zip(params, tparams, strict=True)) + state_pairs(kind, state, tparams, opt)
+    equal = np.mean(np.concatenate([as_np(a).ravel() == as_np(b).ravel() for a, b in pairs]))
+    print(f"{kind} bf16: {equal:.2%} of y, z, v elements bit-equal to torch's bf16 kernels")
+    assert equal >= 0.995
+    bf16_close(params, tparams, min_equal=0.99)
+
+
+def test_construction_errors():
+    """What the reference checks (SGD: lr, weight_decay, momentum) fails at construction
+    there and here; funcopt also rejects values the reference's step or eval() cannot use."""
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    for bad in (dict(lr=-1.0), dict(weight_decay=-0.1), dict(momentum=0.0), dict(momentum=1.0)):
+        with pytest.raises(ValueError):
+            schedulefree.SGDScheduleFree(p, **bad)
+    for fn, kw, name in [
+        (funcopt.schedule_free_sgd, dict(learning_rate=-1.0), "learning_rate"),
+        (funcopt.schedule_free_sgd, dict(weight_decay=-0.1), "weight_decay"),
+        (funcopt.schedule_free_sgd, dict(momentum=0.0), "momentum"),
+        (funcopt.schedule_free_sgd, dict(momentum=1.0), "momentum"),
+        (funcopt.schedule_free_adamw, dict(b1=0.0), "b1"),
+        (funcopt.schedule_free_adamw, dict(b2=1.0), "b2"),
+        (funcopt.schedule_free_adamw, dict(eps=-1e-8), "eps"),
+        (funcopt.schedule_free_adamw, dict(warmup_steps=-1), "warmup_steps"),
+        (funcopt.schedule_free_adamw, dict(weight_lr_power=-1.0), "weight_lr_power"),
+        (funcopt.schedule_free_radam, dict(r=float("inf")), "r"),
+        (funcopt.schedule_free_radam, dict(b2=-0.1), "b2"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            fn(**kw)
+    with pytest.raises(TypeError, match="silent_sgd_phase"):
+        funcopt.schedule_free_radam(silent_sgd_phase="yes")
+    with pytest.raises(TypeError, match="learning_rate"):
+        funcopt.schedule_free_adamw(learning_rate=None)
