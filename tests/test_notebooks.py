@@ -16,6 +16,8 @@ NEEDS = {
     "02_schedules.ipynb": ["torch", "transformers"],
     "03_torch_bridge.ipynb": ["torch", "transformers"],
     "04_tensorflow_bridge.ipynb": ["tensorflow", "tf_keras", "transformers"],
+    # also run against transformers 5.x by tests/trainer5/test_notebooks5.py
+    "08_trainer_in_jax.ipynb": ["torch", "transformers", "accelerate"],
 }
 
 
