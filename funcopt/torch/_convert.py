@@ -6,10 +6,14 @@ Supported pairs (torch optimizer -> JAX transformation whose state is produced/c
   funcopt.adamw)`` -> ``funcopt.adamw`` (``AdamWState``);
 * ``transformers.Adafactor``, ``funcopt.torch.Adafactor``, ``funcopt.torch.Optimizer(...,
   funcopt.adafactor)`` -> ``funcopt.adafactor`` (``AdafactorState``);
-* ``torch.optim.AdamW`` -> ``optax.adamw`` (``(ScaleByAdamState(count, mu, nu), EmptyState(),
-  EmptyState())``, one count for all parameters);
-* likewise every optimizer registered in ``funcopt/torch/_registry.py``: its reference
-  classes and ``funcopt.torch.Optimizer`` running it, through its layout.
+* likewise every optimizer registered in ``funcopt/torch/_registry.py`` (torch.optim's,
+  bitsandbytes', schedulefree's, grokadamw's, optimi's and galore-torch's classes; the list is
+  in the README's torch bridge section): its reference classes and
+  ``funcopt.torch.Optimizer`` running it, through its layout;
+* ``torch.optim.AdamW`` <-> ``funcopt.adamw_torch`` (exact). ``state_to_torch`` still accepts
+  ``optax.adamw``'s state (``ScaleByAdamState``, one count for all parameters) for a
+  ``torch.optim.AdamW``; ``state_from_torch`` returns ``funcopt.adamw_torch``'s, since
+  ``optax.adamw`` does not round as torch does.
 """
 
 from __future__ import annotations
@@ -30,19 +34,21 @@ _INT32_MAX = 2**31 - 1
 
 
 class _Side:
-    """One torch optimizer's state through its layout: ``config(group)`` gives a param
-    group's funcopt keywords; ``reference`` is None for a ``funcopt.torch.Optimizer``."""
+    """One torch optimizer's state through its layout: a ``funcopt.torch.Optimizer``
+    (``reference`` None) or a registered reference class."""
 
-    def __init__(self, optimizer, layout, config, reference):
+    def __init__(self, optimizer, layout, reference):
         self.optimizer, self.layout, self.reference = optimizer, layout, reference
-        self._config = config
 
     @property
     def target(self) -> str:
         return f"{self.layout.name} ({self.layout.state_type.__name__})"
 
     def config(self, group) -> dict:
-        config = dict(self._config(group))
+        if self.reference is None:
+            config = dict(self.optimizer.group_config(group))
+        else:
+            config = dict(self.reference.group_config(self.optimizer, group))
         if isinstance(config.get("learning_rate"), torch.Tensor):  # torch allows a tensor lr
             config["learning_rate"] = float(config["learning_rate"])
         return config
@@ -53,30 +59,30 @@ class _Side:
     def expected(self, p, group) -> tuple[_layouts.Entry, ...]:
         return self.layout.entries(self.config(group), p.shape, _dlpack.jax_dtype(p.dtype))
 
+    def read(self, p, group) -> dict:
+        """``p``'s state by layout key (``"step"`` included where kept)."""
+        if self.reference is None:
+            return dict(self.optimizer.state.get(p) or {})
+        return self.layout.flat(self.reference.read(self.optimizer, group, p), p)
+
     def write(self, p, group, step, arrays):
         if self.reference is None:
             self.optimizer.set_param_state(p, step, arrays, group)
             return
-        self.optimizer.state.pop(p, None)
-        if step:
-            state = {"step": self.reference.step_value(step, p.device)}
-            for key, _, dtype in self.expected(p, group):
-                state[key] = _dlpack.to_torch_owned(arrays[key].astype(dtype), p.device)
-            self.optimizer.state[p] = state
+        tensors = {key: _dlpack.to_torch_owned(arrays[key].astype(dtype), p.device)
+                   for key, _, dtype in self.expected(p, group)} if step else {}
+        self.reference.write(self.optimizer, group, p, step, tensors)
 
 
 def _side(optimizer, caller):
     if isinstance(optimizer, Optimizer):
-        return _Side(optimizer, optimizer.layout, optimizer.group_config, None)
+        return _Side(optimizer, optimizer.layout, None)
     found = _registry.reference_of(optimizer)
     if found is not None:
-        layout, reference = found
-        return _Side(optimizer, layout, reference.config, reference)
-    if isinstance(optimizer, torch.optim.AdamW):
-        return None
+        return _Side(optimizer, *found)
     raise TypeError(
-        f"{caller} does not support {type(optimizer).__module__}.{type(optimizer).__name__}: "
-        f"it converts {_registry.supported()}; and torch.optim.AdamW (<-> optax.adamw)."
+        f"{caller} does not support {type(optimizer).__module__}.{type(optimizer).__name__} "
+        f"in this configuration: it converts {_registry.supported()}."
     )
 
 
@@ -117,22 +123,20 @@ def _check_params(optimizer, params):
     return jax.tree.structure(params)
 
 
-def _step_of(state) -> int:
-    return _layouts.step_number(state.get("step") if state else None)
-
-
 def _group_values(optimizer, layout) -> dict:
-    """The param groups' values of ``layout.group_keys``: one value each (a funcopt state
-    has one), None where unset."""
+    """The param groups' group state (``layout.group_arrays``): one value per key (a
+    funcopt state has one), None where unset."""
     out = {}
-    for key in layout.group_keys:
-        values = {g.get(key) for g in optimizer.param_groups}
+    per_group = [layout.group_arrays(g) for g in optimizer.param_groups]
+    for key in per_group[0] if per_group else {}:
+        values = {repr(None if v is None else np.asarray(v).tolist()): v
+                  for v in (g[key] for g in per_group)}
         if len(values) > 1:
             raise ValueError(
                 f"state_from_torch: the param groups hold different {key!r} values "
-                f"{sorted(values, key=repr)}, but a {layout.name} state keeps one."
+                f"{sorted(values)}, but a {layout.name} state keeps one."
             )
-        out[key] = values.pop()
+        out[key] = values.popitem()[1]
     return out
 
 
@@ -177,14 +181,13 @@ def state_from_torch(optimizer, params):
     side = _side(optimizer, "state_from_torch")
     treedef = _check_params(optimizer, params)
     entries = _params_of(optimizer)
-    if side is None:
-        return _optax_adamw_state(optimizer, treedef, entries)
-    steps = [_step_of(optimizer.state.get(p)) for p, _, _ in entries]
+    states = [side.read(p, group) for p, group, _ in entries]
+    steps = [_layouts.step_of(state) for state in states]
     count = jnp.asarray(max(steps, default=0), jnp.int32)
     rules = {}  # param group index -> rule, for the fields torch does not keep
     per_leaf = []
-    for (p, group, where), step in zip(entries, steps, strict=True):
-        arrays = _read_leaf(optimizer, side, p, group, where, step)
+    for (p, group, where), state, step in zip(entries, states, steps, strict=True):
+        arrays = _read_leaf(optimizer, side, p, group, where, state, step)
         if id(group) not in rules:
             rules[id(group)] = side.rule(group)
         rule = rules[id(group)]
@@ -195,12 +198,18 @@ def state_from_torch(optimizer, params):
     return side.layout.state(rule, treedef, count, per_leaf, group)
 
 
-def _read_leaf(optimizer, side, p, group, where, step) -> dict:
-    """``p``'s torch state tensors as JAX arrays by key (zeros before its first step)."""
-    state = optimizer.state.get(p)
+def _read_leaf(optimizer, side, p, group, where, state, step) -> dict:
+    """``p``'s torch state tensors as JAX arrays by key (before its first step, those the
+    reference keeps then, else the rule's initial ones)."""
     arrays = {}
-    for key, shape, dtype in side.expected(p, group):
-        value = state.get(key) if step else jnp.zeros(shape, dtype)
+    initial = None
+    for key, _, dtype in side.expected(p, group):
+        value = state.get(key)
+        if value is None and not step:
+            if initial is None:
+                initial = side.layout.initial_arrays(side.config(group), _dlpack.to_jax_value(
+                    p.detach(), _dlpack.jax_dtype(p.dtype)))
+            value = initial[key]
         if value is None:
             raise ValueError(
                 f"state_from_torch: the state of {where} has no {key!r}; "
@@ -209,36 +218,6 @@ def _read_leaf(optimizer, side, p, group, where, step) -> dict:
             )
         arrays[key] = _dlpack.to_jax_value(value, dtype)
     return arrays
-
-
-def _optax_adamw_state(optimizer, treedef, entries):
-    for gi, group in enumerate(optimizer.param_groups):
-        for flag in ("amsgrad", "maximize"):
-            if group.get(flag):
-                raise ValueError(
-                    f"param group {gi} of torch.optim.AdamW has {flag}=True, which optax.adamw "
-                    "does not implement; only plain AdamW state converts."
-                )
-    steps = {_step_of(optimizer.state.get(p)) for p, _, _ in entries}
-    if len(steps) > 1:
-        raise ValueError(
-            f"the parameters of this torch.optim.AdamW are at different steps {sorted(steps)} "
-            "(some skipped steps without a gradient), but optax.adamw keeps one count for all: "
-            "remove the parameters that never get a gradient from the optimizer."
-        )
-    count = steps.pop() if steps else 0
-    mu, nu = [], []
-    for p, _, _ in entries:
-        state = optimizer.state.get(p) if count else None
-        dtype = _dlpack.jax_dtype(p.dtype)
-        for out, key in ((mu, "exp_avg"), (nu, "exp_avg_sq")):
-            value = state[key] if state else jnp.zeros(tuple(p.shape), dtype)
-            out.append(_dlpack.to_jax_value(value, dtype))
-    unflatten = jax.tree_util.tree_unflatten
-    adam = optax.ScaleByAdamState(
-        count=jnp.asarray(count, jnp.int32), mu=unflatten(treedef, mu), nu=unflatten(treedef, nu)
-    )
-    return adam, optax.EmptyState(), optax.EmptyState()
 
 
 def _wrong_state(state, target, cls_name):
@@ -294,14 +273,15 @@ def state_to_torch(state, optimizer) -> None:
     """
     side = _side(optimizer, "state_to_torch")
     entries = _params_of(optimizer)
-    if side is None:
-        _write_optax_adamw(state, optimizer, entries)
-        return
     cls = side.layout.state_type
     found = find_state(state, cls)
+    if found is None and _optax_adamw(state, optimizer):
+        _write_optax_adamw(state, optimizer, entries)
+        return
     if found is None:
         raise _wrong_state(state, side.target, cls.__name__)
-    treedef = _leaf_structure(found, side.layout)
+    # A state without per-leaf fields (SGD without momentum) fits any parameter list.
+    treedef = _leaf_structure(found, side.layout) or jax.tree.structure([0] * len(entries))
     if treedef.num_leaves != len(entries):
         raise ValueError(
             f"state_to_torch: the state has {treedef.num_leaves} leaves but the optimizer has "
@@ -318,14 +298,25 @@ def state_to_torch(state, optimizer) -> None:
     for p, group, step, arrays in plan:
         side.write(p, group, step, arrays)
     for group in optimizer.param_groups:
-        group.update({key: jnp.asarray(v).item() for key, v in group_values.items()})
+        group.update(side.layout.torch_group(group_values))
 
 
 def _leaf_structure(state, layout):
-    """The params' tree structure, read from the first per-leaf field the state has."""
+    """The params' tree structure, read from the first per-leaf field the state has (a leaf
+    without that entry, e.g. SGD's buffer in a group without momentum, holds None)."""
     fields = ([layout.step] if layout.step else []) + list(layout.keys.values())
     present = [f for f in map(state._asdict().get, fields) if f is not None]
-    return jax.tree.structure(present[0] if present else None)
+    return None if not present else jax.tree.structure(present[0], is_leaf=_is_none)
+
+
+def _is_none(x) -> bool:
+    return x is None
+
+
+def _optax_adamw(state, optimizer) -> bool:
+    """Whether ``state`` is ``optax.adamw``'s for a ``torch.optim.AdamW`` (still accepted)."""
+    return (isinstance(optimizer, torch.optim.AdamW)
+            and find_state(state, optax.ScaleByAdamState) is not None)
 
 
 def _write_optax_adamw(state, optimizer, entries):

@@ -27,6 +27,7 @@ _DTYPES = {
     torch.float64: jnp.float64,
     torch.int32: jnp.int32,
     torch.int64: jnp.int64,
+    torch.uint8: jnp.uint8,  # bitsandbytes' 8-bit state codes
 }
 
 FLOATING = (torch.float32, torch.bfloat16, torch.float16, torch.float64)

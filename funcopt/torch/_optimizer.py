@@ -188,7 +188,7 @@ class Optimizer(torch.optim.Optimizer):
         fn = _update.compiled_update(self._optimizer_fn, self._layout, static, lr is None,
                                      external)
         inputs = views, [_dlpack.to_jax(p.grad) for p in params]
-        group_in = {key: group.get(key) for key in self._layout.group_keys}
+        group_in = self._layout.group_arrays(group)  # host-side (float64 -> [hi, lo] pairs)
         # Drop our torch views of the state so that JAX may donate (reuse) its buffers.
         for p, step, state in zip(params, steps, states, strict=True):
             if step:
@@ -211,7 +211,7 @@ class Optimizer(torch.optim.Optimizer):
                 _dlpack.write(p, new_p)
                 self._scratch[p] = new_p
             self._install(p, min(step + 1, 2**31 - 1), new_state)
-        group.update({key: value.item() for key, value in new_group.items()})
+        group.update(self._layout.torch_group(new_group))  # as the reference keeps them
 
     def _inputs(self, params, steps, config, static, lr_is_none, external):
         """The JAX state (one dict per parameter) and scratch arrays of a group's step: the
@@ -340,6 +340,7 @@ class Optimizer(torch.optim.Optimizer):
         optimizer's dtypes, from the saved values (not torch's dtype-cast ones). Missing group
         hyperparameters take this optimizer's defaults; a state entry that does not fit (a
         missing or foreign key, a wrong shape) raises ValueError before anything changes."""
+        state_dict = self._layout.loadable(state_dict, self.param_groups)
         saved_groups = state_dict["param_groups"]
         saved_state = state_dict["state"]
         placed = []  # (saved state, param, group index) for each saved entry
@@ -366,7 +367,7 @@ class Optimizer(torch.optim.Optimizer):
                 group.setdefault(key, value)
         self._jax.clear()
         for saved, p, index in placed:
-            step = _layouts.step_number(saved.get("step", 0))
+            step = _layouts.step_of(saved)
             self.set_param_state(p, step, saved, self.param_groups[index])
 
     def _check_saved(self, saved, p, config, index):

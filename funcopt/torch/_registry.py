@@ -38,9 +38,7 @@ def layout_of(optimizer_fn) -> Layout:
     raise TypeError(
         f"optimizer_fn={getattr(optimizer_fn, '__name__', optimizer_fn)!r} is not supported: "
         f"funcopt.torch.Optimizer runs {_names([lay.name for lay in LAYOUTS.values()])} "
-        "(their state has a torch layout). For torch.optim.AdamW math, use "
-        "torch.optim.AdamW and convert its state to optax.adamw with "
-        "funcopt.torch.state_from_torch."
+        "(their state has a torch layout)."
     )
 
 
@@ -55,9 +53,9 @@ def reference_of(optimizer) -> tuple[Layout, Reference] | None:
 
 def supported() -> str:
     """The convertible classes, for messages."""
-    pairs = [f"{r.module.split('.')[0]}.{r.name}, funcopt.torch.Optimizer({lay.name}) "
-             f"(<-> {lay.name})" for lay in LAYOUTS.values() for r in lay.references]
-    return "; ".join(pairs)
+    pairs = [f"{r.label or r.module.split('.')[0] + '.' + r.name} <-> {lay.name}"
+             for lay in LAYOUTS.values() for r in lay.references]
+    return "; ".join(pairs) + "; and funcopt.torch.Optimizer running any of these"
 
 
 # -- transformers.AdamW <-> funcopt.adamw ------------------------------------------------------
