@@ -142,8 +142,11 @@ def gradient_accumulation(optimizer: optax.GradientTransformation, steps: int,
     return zero updates, the last the optimizer's update for the mean. The optimizer's state,
     and so its learning-rate schedule (its ``count``), advances once per ``steps`` calls.
 
-    This is ``optax.MultiSteps(optimizer, steps, use_grad_mean)`` (whose semantics are exactly
-    these), with its state ``optax.MultiStepsState``: an optimizer step happened on a call
+    This is ``optax.MultiSteps(optimizer, steps)`` summing each micro-batch's gradient divided
+    by ``steps``, in order, as torch accumulates the Trainer's ``loss / steps`` gradients
+    (bitwise the Trainer's sum when ``steps`` is a power of two; optax's own
+    ``use_grad_mean=True`` is a running average that rounds differently), with its state
+    ``optax.MultiStepsState``: an optimizer step happened on a call
     after which ``state.mini_step == 0``. Like ``MultiSteps``, it computes the inner update on
     every call and keeps it on the last (less memory than a branch, ``steps`` times the
     optimizer's arithmetic). Extra arguments (e.g. ``value`` for
@@ -172,5 +175,14 @@ def gradient_accumulation(optimizer: optax.GradientTransformation, steps: int,
     steps = _checks.integer("steps", steps, low=1)
     if not isinstance(use_grad_mean, bool):
         raise TypeError(f"use_grad_mean must be a bool, got {use_grad_mean!r}.")
-    multi = optax.MultiSteps(optimizer, every_k_schedule=steps, use_grad_mean=use_grad_mean)
-    return optax.GradientTransformationExtraArgs(multi.init, multi.update)
+    # The mean as the Trainer forms it: each micro-batch's gradient of loss / steps, added up in
+    # order (optax's own mean is a running average, which rounds differently).
+    multi = optax.MultiSteps(optimizer, every_k_schedule=steps, use_grad_mean=False)
+    if not use_grad_mean or steps == 1:
+        return optax.GradientTransformationExtraArgs(multi.init, multi.update)
+
+    def update(grads, state, params=None, **extra_args):
+        scaled = jax.tree.map(lambda g: g / jnp.asarray(steps, g.dtype), grads)
+        return multi.update(scaled, state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(multi.init, update)

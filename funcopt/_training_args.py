@@ -212,7 +212,8 @@ def from_training_args(args, params, num_training_steps=None):
         g \leftarrow g \cdot \min\!\big(1, \tfrac{\text{max\_grad\_norm}}{\|g\| + 10^{-6}}\big),
         \qquad \theta \leftarrow \text{optim}(\theta, g, \eta_t)
 
-    with clipping only when ``max_grad_norm > 0`` (:func:`funcopt.clip_grad_norm`), the
+    with :func:`funcopt.clip_grad_norm` at ``max_grad_norm`` (at infinity when it is not
+    > 0: the Trainer still calls the clip then, which leaves finite gradients unchanged), the
     ``optim`` algorithm (:func:`funcopt.get_optimizer`) built with ``learning_rate``,
     ``adam_beta1/2``, ``adam_epsilon`` and ``optim_args`` exactly as the Trainer passes them,
     ``weight_decay`` on :func:`funcopt.trainer_decay_mask` of ``params`` (0.0 elsewhere), and
@@ -267,11 +268,13 @@ def from_training_args(args, params, num_training_steps=None):
     num_training_steps = _checks.integer("num_training_steps", num_training_steps, low=1)
     schedule = _schedule(args, num_training_steps)
     optimizer = _base_optimizer(args, params, schedule)
-    max_grad_norm = _field(args, "max_grad_norm")
-    if max_grad_norm is not None and max_grad_norm > 0:
-        from funcopt import clip_grad_norm
+    from funcopt import clip_grad_norm
 
-        optimizer = optax.chain(clip_grad_norm(max_grad_norm), optimizer)
+    # With max_grad_norm <= 0 the Trainer still calls clip_grad_norm_ with an infinite max to
+    # log the norm: a multiplication by 1.0, which only turns non-finite gradients into NaN.
+    max_grad_norm = _field(args, "max_grad_norm")
+    clip = max_grad_norm if max_grad_norm is not None and max_grad_norm > 0 else math.inf
+    optimizer = optax.chain(clip_grad_norm(clip), optimizer)
     k = _checks.integer("gradient_accumulation_steps",
                         _field(args, "gradient_accumulation_steps"), low=1)
     if k > 1:
