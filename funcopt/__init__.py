@@ -89,6 +89,7 @@ from funcopt._lambda_schedules_cosine import (
     get_cosine_with_min_lr_schedule_with_warmup_lr_rate as get_cosine_with_min_lr_schedule_with_warmup_lr_rate,  # noqa: E501
 )
 from funcopt._greedy_lr import GreedyLRState as GreedyLRState
+from funcopt._greedy_lr import StreamingAverageState as StreamingAverageState
 from funcopt._greedy_lr import greedy_lr as greedy_lr
 
 # Trainer menu: GrokAdamW, optimi's StableAdamW, GaLore.
@@ -158,7 +159,8 @@ __all__ = [
 ]
 __all__ += ["get_optimizer", "from_training_args"]
 __all__ += ["LionState", "lion", "AdEMAMixState", "ademamix", "RMSpropBnbState", "rmsprop_bnb"]
-__all__ += ["get_cosine_with_min_lr_schedule_with_warmup_lr_rate", "GreedyLRState", "greedy_lr"]
+__all__ += ["get_cosine_with_min_lr_schedule_with_warmup_lr_rate", "GreedyLRState",
+            "StreamingAverageState", "greedy_lr"]
 __all__ += ["GrokAdamWState", "grokadamw", "StableAdamWState", "stable_adamw",
             "galore_target_mask", "GaLoreAdamWState", "galore_adamw",
             "GaLoreAdafactorState", "galore_adafactor"]
