@@ -36,6 +36,12 @@ class ClipGradNormState(NamedTuple):
       grad_norm: float32 scalar, the total norm of the last gradients before clipping
         (what ``clip_grad_norm_`` returns, and the ``grad_norm`` the Trainer logs); 0 after
         ``init``.
+
+    >>> import jax.numpy as jnp, funcopt
+    >>> clip = funcopt.clip_grad_norm(10.0)
+    >>> _, state = clip.update({"w": jnp.array([6.0, 8.0])}, clip.init(None))
+    >>> float(state.grad_norm)
+    10.0
     """
 
     grad_norm: jax.Array

@@ -255,8 +255,8 @@ def from_training_args(args, params, num_training_steps=None):
       >>> opt, schedule = funcopt.from_training_args(
       ...     {"learning_rate": 1e-3, "weight_decay": 0.01, "optim": "adamw_torch",
       ...      "warmup_steps": 0.1, "max_steps": 100}, params)
-      >>> float(schedule(5)), float(schedule(10))
-      (0.0005, 0.001)
+      >>> print(schedule(5), schedule(10))  # 10 warmup steps: ceil(0.1 * 100)
+      0.0005 0.001
     """
     _check_followed(args)
     if num_training_steps is None:
