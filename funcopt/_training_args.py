@@ -204,8 +204,9 @@ def from_training_args(args, params, num_training_steps=None):
     r"""The optimizer the transformers 5.x Trainer would step with, and its schedule.
 
     ``args`` is a ``transformers.TrainingArguments`` or any mapping/object with its field names
-    (missing ones take 5.x's defaults, listed in ``funcopt._training_args.TRAINER_DEFAULTS``). One optimizer step is what
-    the Trainer does after its ``gradient_accumulation_steps`` backward passes:
+    (missing ones take 5.x's defaults, listed in ``funcopt._training_args.TRAINER_DEFAULTS``).
+    One optimizer step is what the Trainer does after its ``gradient_accumulation_steps``
+    backward passes:
 
     .. math::
         g = \tfrac1k \textstyle\sum_{i=1}^k g_i, \qquad

@@ -53,8 +53,8 @@ def warmup(initial_learning_rate, decay_schedule_fn, warmup_steps, power=1.0):
         \mathrm{lr}(s) = \text{decay\_schedule\_fn}(s - W) \ (s \ge W).
 
     The decay schedule starts at the end of warmup (it sees ``s - W``). ``create_optimizer``
-    puts ``polynomial_decay`` (Keras' ``PolynomialDecay``) behind it with a linear warmup (``power`` applies to the
-    warmup only).
+    puts ``polynomial_decay`` (Keras' ``PolynomialDecay``) behind it with a linear warmup
+    (``power`` applies to the warmup only).
 
     Args:
       initial_learning_rate: the learning rate at the end of warmup, >= 0.
