@@ -141,6 +141,9 @@ from funcopt._clipping import clip_grad_norm as clip_grad_norm
 from funcopt._clipping import get_total_norm as get_total_norm
 from funcopt._trainer_mask import trainer_decay_mask as trainer_decay_mask
 
+# CPU speed: torch.optim.AdamW(fused=True)'s update and apply_updates as one in-place kernel.
+from funcopt._fused_adamw_torch import fused_adamw_torch as fused_adamw_torch
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -171,3 +174,4 @@ __all__ += ["AdamWBnbState", "adamw_bnb", "AdamW8bitState", "adamw_8bit", "Lion8
 __all__ += ["ScheduleFreeState", "schedule_free_adamw", "schedule_free_sgd", "schedule_free_radam",
             "schedule_free_eval_params", "schedule_free_train_params"]
 __all__ += ["ClipGradNormState", "clip_grad_norm", "get_total_norm", "trainer_decay_mask"]
+__all__ += ["fused_adamw_torch"]

@@ -17,6 +17,7 @@ import optax
 
 from funcopt import _core, _kernels
 from funcopt._adamw import AdamW
+from funcopt._kernels import _direct
 from funcopt._numerics import f32
 
 __all__ = ["FusedOptimizer", "fused_adamw"]
@@ -120,26 +121,15 @@ def _xla_step(hyper, grads, state, params):
     return optax.apply_updates(params, updates), new_state
 
 
-def step(hyper: AdamW, grads, state, params, external=None):
-    """The fused step.
-
-    ``external``: None, or ``(flags, addresses)``: one bool per leaf marking float32 CPU
-    parameters whose memory XLA does not own (torch tensors imported through DLPack, never
-    copied), which the kernel updates in place (their entries of the returned parameters are
-    None), and a uint32 array of their data pointers (low, high 32 bits each), which the kernel
-    checks so that it never updates a copy. The caller guarantees that the kernel is available
-    (:func:`kernel_available`) and that flagged leaves are float32, shaped like their
-    gradients and moments.
-    """
+def step(hyper: AdamW, grads, state, params):
+    """The fused step: the kernel on the CPU (float32 leaves), XLA's elsewhere."""
     if params is None:
         raise ValueError("fused_adamw's step needs the parameters: step(grads, state, params).")
-    if external is not None:
-        return _kernel_step(_target(), hyper, grads, state, params, external)
     if jax.default_backend() != "cpu" or not _unsharded(params) or _target() is None:
         return _xla_step(hyper, grads, state, params)
 
     def cpu_step(grads, state, params):
-        return _kernel_step(_target(), hyper, grads, state, params, None)
+        return _kernel_step(_target(), hyper, grads, state, params)
 
     return jax.lax.platform_dependent(
         grads, state, params, cpu=cpu_step, default=lambda *a: _xla_step(hyper, *a)
@@ -174,25 +164,61 @@ def _target() -> str | None:
         return target if _same_as_xla(target) else None
 
 
-def _same_as_xla(target) -> bool:
-    """Whether the kernel gives the XLA path's bits on awkward values (subnormals, zeros of
-    both signs, overflow), with decay on and off, over several blocks."""
+def awkward_problem():
+    """Values that expose rounding differences: subnormals, zeros of both signs, overflow,
+    over several kernel blocks; ``(params, grads)`` as dicts of float32 arrays."""
     rng = np.random.default_rng(0)
     scale = np.float32([1.0, 1e-3, 1e-20, 1e-38, 1e-39, 0.0, -0.0, 3e38])
     params = {"w": jnp.asarray(rng.standard_normal(3 * 2**16 + 5).astype(np.float32)),
               "b": jnp.asarray(scale)}
     grads = {"w": params["w"][::-1] * 0.01, "b": jnp.asarray(scale[::-1])}
+    return params, grads
+
+
+def _check_rules() -> tuple[AdamW, AdamW]:
     hyper = make_rule(learning_rate=1e-2, weight_decay=0.1)
-    state = _core.init(hyper, params)
-    for h in (hyper, dataclasses.replace(hyper, mask={"w": True, "b": False})):
-        ours = jax.jit(functools.partial(_kernel_step, target, h, external=None))
-        xla = jax.jit(functools.partial(_xla_step, h))
-        pairs = zip(jax.tree.leaves(ours(grads, state, params)),
-                    jax.tree.leaves(xla(grads, state, params)), strict=True)
+    return hyper, dataclasses.replace(hyper, mask={"w": True, "b": False})
+
+
+@functools.cache
+def _xla_reference() -> tuple:
+    """Two XLA steps of each :func:`_check_rules` rule on :func:`awkward_problem`: the leaves
+    of ``(params, state)`` as NumPy arrays."""
+    params, grads = awkward_problem()
+    out = []
+    for h in _check_rules():
+        xla, step = (params, _core.init(h, params)), jax.jit(functools.partial(_xla_step, h))
+        for _ in range(2):
+            xla = step(grads, xla[1], xla[0])
+        out.append([np.asarray(x) for x in jax.tree.leaves(xla)])
+    return tuple(out)
+
+
+def _same_as_xla(target) -> bool:
+    """Whether the FFI handler registered as ``target`` rounds like XLA (:func:`_agrees`)."""
+    return _agrees(lambda h: jax.jit(functools.partial(_kernel_step, target, h)),
+                   "fused_adamw")
+
+
+def _direct_same_as_xla(entry) -> bool:
+    """Whether the direct entry point ``(function, fp_control)`` rounds like XLA."""
+    return _agrees(lambda h: functools.partial(_direct_numpy_step, entry, h),
+                   "funcopt.torch's AdamW")
+
+
+def _agrees(kernel_step, what) -> bool:
+    """Whether ``kernel_step(hyper)(grads, state, params)`` gives the XLA path's bits on
+    :func:`awkward_problem`, with decay on and off (two steps); warns if not."""
+    params, grads = awkward_problem()
+    for h, xla in zip(_check_rules(), _xla_reference(), strict=True):
+        ours = (params, _core.init(h, params))
+        for _ in range(2):
+            ours = kernel_step(h)(grads, ours[1], ours[0])
+        pairs = zip(jax.tree.leaves(ours), xla, strict=True)
         if not all(np.array_equal(a, b, equal_nan=True) for a, b in pairs):
             warnings.warn(
                 "funcopt's adamw CPU kernel, as this machine's compiler built it, does not "
-                "round like XLA, so fused_adamw uses the XLA path (same numbers, slower).",
+                f"round like XLA, so {what} uses the XLA path (same numbers, slower).",
                 RuntimeWarning, stacklevel=5,
             )
             return False
@@ -209,51 +235,106 @@ def _fast(leaf) -> bool:
     return p.dtype == m.dtype == v.dtype == f32 and p.shape == g.shape == m.shape == v.shape
 
 
-def _kernel_step(target, hyper: AdamW, grads, state, params, external):
+def kernel_scalars(hyper: AdamW, lr, decay_factor, steps):
+    """The kernel's float32 ``coefficients`` (b1, 1 - b1, b2, 1 - b2, eps, decay factor) and
+    ``step_sizes`` (one per leaf, at its incremented step in the int32 vector ``steps``): the
+    values the XLA path computes, elementwise. (A few elementwise ops on one vector: XLA runs
+    such a computation inline on the calling thread, without its thread pool.)"""
+    coefficients = jnp.stack([jnp.asarray(x, f32) for x in (
+        *hyper.coefficients(), f32(hyper.eps), decay_factor)])
+    step_sizes = jnp.broadcast_to(jnp.asarray(hyper.step_size(lr, steps), f32), steps.shape)
+    return coefficients, step_sizes
+
+
+def _kernel_step(target, hyper: AdamW, grads, state, params):
     plan = _core.prepare(hyper, grads, state, params)
-    if external is None:  # every float32 leaf through the kernel, in XLA-owned memory
-        fast = [i for i, leaf in enumerate(plan.leaves) if _fast(leaf)]
-        addresses = jnp.zeros([0], jnp.uint32)
-    else:
-        flags, addresses = external
-        fast = [i for i, outside in enumerate(flags) if outside]
+    fast = [i for i, leaf in enumerate(plan.leaves) if _fast(leaf)]
     # Other leaves (bf16 or fp16 parameters and moments) take the XLA path.
-    slow = set(range(len(plan.leaves))) - set(fast)
-    out = [hyper.update_leaf(plan.scalars, *leaf) if i in slow else None
+    out = [None if i in fast else hyper.update_leaf(plan.scalars, *leaf)
            for i, leaf in enumerate(plan.leaves)]
     new_p = [None if o is None else optax.apply_updates(leaf[1], o[0])
              for leaf, o in zip(plan.leaves, out, strict=True)]
     fields = [None if o is None else o[1] for o in out]
     if fast:
-        lr, decay_factor = plan.scalars
-        coefficients = jnp.stack([jnp.asarray(x, f32) for x in (
-            *hyper.coefficients(), f32(hyper.eps), decay_factor)])
         steps = [optax.safe_increment(plan.leaves[i][2][0]) for i in fast]
-        step_sizes = jnp.stack([jnp.asarray(hyper.step_size(lr, t), f32) for t in steps])
-        per_leaf = 2 if external else 3
+        coefficients, step_sizes = kernel_scalars(hyper, *plan.scalars, jnp.stack(steps))
         operands, results, aliases = [], [], {}
         for k, i in enumerate(fast):
             g, p, (_, m, v), _ = plan.leaves[i]
             operands += [p, g.astype(f32), m, v]
-            results += [jax.ShapeDtypeStruct(p.shape, f32)] * per_leaf
-            # Operands 0-2 are the coefficients, the step sizes and the addresses.
-            p_at, m_at, v_at = (3 + 4 * k + j for j in (0, 2, 3))
-            if external:
-                aliases |= {m_at: 2 * k, v_at: 2 * k + 1}
-            else:
-                aliases |= {p_at: 3 * k, m_at: 3 * k + 1, v_at: 3 * k + 2}
+            results += [jax.ShapeDtypeStruct(p.shape, f32)] * 3
+            # Operands 0-1 are the coefficients and the step sizes.
+            aliases |= {2 + 4 * k: 3 * k, 4 + 4 * k: 3 * k + 1, 5 + 4 * k: 3 * k + 2}
         decays = np.array([plan.leaves[i][3] for i in fast], np.int64)
-        # (External parameters need no has_side_effect: the call's m' and v' are always used,
-        # and effects would take jit's C++ fast path away.) Under vmap the kernel runs once per
-        # batch element.
+        # Under vmap the kernel runs once per batch element.
         kernel = jax.ffi.ffi_call(target, results, input_output_aliases=aliases,
                                   vmap_method="sequential")
-        flat = kernel(coefficients, step_sizes, addresses, *operands, decays=decays,
-                      param_results=not external)
+        flat = kernel(coefficients, step_sizes, *operands, decays=decays)
         for k, i in enumerate(fast):
-            *p_new, m_new, v_new = flat[per_leaf * k:per_leaf * (k + 1)]
-            new_p[i] = p_new[0] if p_new else None
+            new_p[i], m_new, v_new = flat[3 * k:3 * k + 3]
             fields[i] = (steps[k], m_new, v_new)
     new_state = _core.assemble(hyper.State, plan.treedef, optax.safe_increment(plan.count),
                                fields)
+    return jax.tree_util.tree_unflatten(plan.treedef, new_p), new_state
+
+
+# -- the direct entry point: the same step on memory outside XLA (funcopt.torch) ------------
+
+
+def direct_scalars(hyper: AdamW):
+    """``(lr, steps) -> (coefficients, step_sizes)``: :func:`kernel_scalars` for ``hyper``
+    with its learning rate replaced by ``lr`` (float32) and leaves at ``steps`` (int32, before
+    this update), the numbers ``step`` computes under ``jit`` (to run with
+    :class:`funcopt._kernels._direct.Scalars`)."""
+
+    def scalars(lr, steps):
+        h = dataclasses.replace(hyper, learning_rate=lr)
+        lr, decay_factor = h.scalars(jnp.zeros([], jnp.int32))
+        return kernel_scalars(h, lr, decay_factor, optax.safe_increment(steps))
+
+    return scalars
+
+
+@functools.lru_cache(maxsize=64)
+def scalars_of(hyper: AdamW) -> _direct.Scalars:
+    """The direct entry point's scalars for ``hyper`` (learning rate replaced at each call),
+    made once per rule."""
+    return _direct.Scalars(direct_scalars(hyper))
+
+
+def direct_flags(hyper: AdamW, decays) -> np.ndarray:
+    """The direct entry point's per-leaf flags: 1 where a leaf decays."""
+    del hyper
+    return np.asarray(decays, np.uint8)
+
+
+@functools.cache
+def direct_entry():
+    """``(function, fp_control)`` of the kernel's direct entry point (``funcopt_adamw_f32``,
+    pointers ``(p, g, m, v)`` per leaf), checked bit for bit against the XLA path like the
+    FFI handler, or ``None``."""
+    if _target() is None:
+        return None
+    entry = (_direct.entry_point("adamw", "funcopt_adamw_f32"), _kernels.xla_fp_control("adamw"))
+    with jax.ensure_compile_time_eval():
+        return entry if _direct_same_as_xla(entry) else None
+
+
+def _direct_numpy_step(entry, hyper, grads, state, params):
+    """The direct entry point on NumPy copies of a JAX problem (for the check), returning JAX
+    ``(params, state)`` like ``step``."""
+    plan = _core.prepare(hyper, grads, state, params)
+    arrays = [[np.array(x, np.float32) for x in (p, g, m, v)]
+              for g, p, (_, m, v), _ in plan.leaves]
+    steps = [int(t) for _, _, (t, _, _), _ in plan.leaves]
+    rule = dataclasses.replace(hyper, mask=None)
+    coefficients, step_sizes = scalars_of(rule)(hyper.learning_rate, steps)
+    _direct.call(entry[0], [[a.ctypes.data for a in leaf] for leaf in arrays],
+                 [leaf[0].size for leaf in arrays], coefficients, step_sizes,
+                 direct_flags(rule, [d for *_, d in plan.leaves]), entry[1], 2)
+    fields = [(jnp.int32(t + 1), jnp.asarray(m), jnp.asarray(v)) for t, (_, _, m, v)
+              in zip(steps, arrays, strict=True)]
+    new_state = _core.assemble(hyper.State, plan.treedef, optax.safe_increment(plan.count),
+                               fields)
+    new_p = [jnp.asarray(leaf[0]) for leaf in arrays]
     return jax.tree_util.tree_unflatten(plan.treedef, new_p), new_state

@@ -24,6 +24,7 @@ from parity import applying
 
 import funcopt
 from funcopt import _fused_adamw, _kernels
+from funcopt._kernels import _direct
 
 HAS_COMPILER = _kernels.compiler() is not None  # the compiler the kernel would use
 W0, TARGET = [0.1, -0.2, -0.1], [0.4, 0.2, -0.5]
@@ -127,19 +128,6 @@ def test_vmap_runs_the_kernel_per_batch_element():
     p, g = batch(params, 2.0), batch({k: grads[0][k] for k in params}, -1.0)
     ours = jax.jit(jax.vmap(opt.step))(g, jax.vmap(opt.init)(p), p)
     assert_bitwise(ours, jax.jit(jax.vmap(applying(tx)))(g, jax.vmap(tx.init)(p), p))
-
-
-@pytest.mark.skipif(not HAS_COMPILER, reason="needs the kernel")
-def test_external_parameters_are_checked_not_copied():
-    """The torch bridge's mode: the kernel writes parameters XLA does not own, and refuses to
-    run if what it was handed is not the memory it was told about."""
-    hyper = _fused_adamw.make_rule(learning_rate=1e-2)
-    params = {"w": jnp.ones(8)}
-    state = funcopt.adamw(learning_rate=1e-2).init(params)
-    step = jax.jit(lambda g, s, p, a: _fused_adamw.step(hyper, g, s, p, external=((True,), a)))
-    wrong = np.zeros(2, np.uint32)
-    with pytest.raises(Exception, match="copy of an external parameter"):
-        jax.block_until_ready(step({"w": jnp.ones(8)}, state, params, wrong))
 
 
 SHARDED = textwrap.dedent("""
@@ -301,3 +289,10 @@ def test_a_kernel_that_rounds_differently_is_refused(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="does not round like XLA"):
         assert not _fused_adamw._same_as_xla("funcopt_test_unfused")
     assert _fused_adamw._same_as_xla(_fused_adamw._target())
+    # The direct entry point (funcopt.torch's) has the same check.
+    direct = library.funcopt_adamw_f32
+    direct.argtypes = _direct.entry_point("adamw", "funcopt_adamw_f32").argtypes
+    fp_control = _kernels.xla_fp_control("adamw")
+    with pytest.warns(RuntimeWarning, match="does not round like XLA"):
+        assert not _fused_adamw._direct_same_as_xla((direct, fp_control))
+    assert _fused_adamw._direct_same_as_xla(_fused_adamw.direct_entry())

@@ -30,7 +30,7 @@ from torch_model import (  # noqa: F401  (one_torch_thread: an autouse fixture)
 import funcopt
 import funcopt.torch
 from funcopt import _fused_adamw
-from funcopt.torch import _dlpack, _update
+from funcopt.torch import _direct
 
 TOL = 1e-6  # max |difference| / max |weight|
 STEPS = 10
@@ -118,21 +118,25 @@ def test_bfloat16_parameters(case):
 
 def test_fused_kernel_in_place_and_the_parameters_it_cannot_take():
     """float32 CPU parameters go through funcopt's fused kernel, written in place in torch's
-    memory; a misaligned view (which JAX must copy) and a bf16 parameter in the same group take
-    the XLA path and the write-back. All end where transformers.AdamW ends."""
+    memory (a misaligned one too: the kernel needs no alignment); a non-contiguous view and a
+    bf16 parameter in the same group take the XLA path and the write-back. All end where
+    transformers.AdamW ends, and bit for bit where funcopt.adamw ends in JAX."""
 
     def make():
         g = torch.Generator().manual_seed(0)
         base = torch.randn(1001, generator=g)
         return [torch.nn.Parameter(torch.randn(300, 250, generator=g)),  # 75k: several blocks
                 torch.nn.Parameter(base[1:]),  # 4 bytes past an aligned start
+                torch.nn.Parameter(torch.randn(40, 30, generator=g).t()),  # not contiguous
                 torch.nn.Parameter(torch.randn(33, generator=g).bfloat16())]
 
     ref, ours = make(), make()
     ref_opt, opt = hf_adamw(ref, **ADAMW), funcopt.torch.AdamW(ours, **ADAMW)
     pointers = [p.data_ptr() for p in ours]
-    external = _update.external_params(funcopt.adamw, ours, map(_dlpack.to_jax, ours))
-    assert external == (True, False, False) or not _fused_adamw.kernel_available()
+    for p in ours:
+        p.grad = torch.zeros_like(p)
+    taken = _direct.takes(opt, ours, [0] * 4, ("exp_avg", "exp_avg_sq"))
+    assert taken == [True, True, False, False] or not _fused_adamw.kernel_available()
     grad = lambda p, k: np.linspace(-1, 1, p.numel(), dtype=np.float32).reshape(
         p.shape) * np.float32(k)  # the same float32 numbers for torch and JAX
     for step in range(5):
@@ -141,10 +145,10 @@ def test_fused_kernel_in_place_and_the_parameters_it_cannot_take():
                 p.grad = torch.from_numpy(grad(p, k + step + 1)).to(p.dtype)
             o.step()
     assert [p.data_ptr() for p in ours] == pointers
-    for a, b in zip(ref[:2], ours[:2], strict=True):
+    for a, b in zip(ref[:3], ours[:3], strict=True):
         assert rel_diff(a.detach().flatten(), b.detach().flatten()) < TOL
-    assert rel_diff(ref[2].detach().float(), ours[2].detach().float()) <= BF16_ULP
-    assert ours[0]._version > 0  # autograd sees the in-place update
+    assert rel_diff(ref[3].detach().float(), ours[3].detach().float()) <= BF16_ULP
+    assert ours[0]._version > 0 and ours[2]._version > 0  # autograd sees the updates
 
     # Bit for bit what funcopt.adamw + apply_updates give in JAX, kernel or not.
     tx = funcopt.adamw(1e-2, b1=0.9, b2=0.99, eps=1e-6, weight_decay=0.1)
@@ -158,11 +162,17 @@ def test_fused_kernel_in_place_and_the_parameters_it_cannot_take():
         jax_params, state = step(grads, state, jax_params)
     for p, q in zip(ours, jax_params, strict=True):
         np.testing.assert_array_equal(p.detach().float().numpy(), np.asarray(q, np.float32))
+    for p, m, v in zip(ours, state.exp_avg, state.exp_avg_sq, strict=True):
+        np.testing.assert_array_equal(opt.state[p]["exp_avg"].float().numpy(),
+                                      np.asarray(m, np.float32))
+        np.testing.assert_array_equal(opt.state[p]["exp_avg_sq"].float().numpy(),
+                                      np.asarray(v, np.float32))
 
     a = torch.nn.Parameter(torch.randn(64))
     b = torch.nn.Parameter(a.detach())  # another parameter on the same storage
-    assert _update.external_params(funcopt.adamw, [a, b], map(_dlpack.to_jax, [a, b])) == (
-        False, False)  # torch updates those one after the other: not concurrently
+    a.grad, b.grad = torch.ones(64), torch.ones(64)
+    # torch updates those one after the other: not concurrently
+    assert _direct.takes(opt, [a, b], [0, 0], ("exp_avg", "exp_avg_sq")) == [False, False]
 
 
 def test_generic_optimizer_is_the_dropin():
@@ -214,7 +224,9 @@ def test_learning_rate_changes_never_recompile():
                                            num_training_steps=12)
     with compilations() as first:
         train(model, opt, 1, scheduler)
-    assert "jit(update)" in first  # the group update compiled (and the listener sees it)
+    # The group's computation compiled (and the listener sees it): the XLA update, or the step
+    # scalars of the kernel that float32 CPU parameters take.
+    assert {"jit(update)", "jit(scalars)"} & set(first)
     lrs = set()
     with compilations() as later:
         for _ in range(6):
@@ -250,16 +262,29 @@ def test_closure_zero_grad_and_storage():
 
 
 def test_state_memory_is_reused_and_held_views_stay_valid():
-    model = make_model()
+    """float32 CPU parameters: the state tensors are updated in place, as the reference's (a
+    held tensor is the live state). Others (bf16 here) keep their state in JAX memory that is
+    donated and reused; a held view blocks the reuse of its buffer, nothing else."""
+    for make in (hf_adamw, funcopt.torch.AdamW):
+        model = make_model()
+        opt = make(model.parameters(), lr=1e-2, weight_decay=0.5)
+        train(model, opt, 2)
+        held = opt.state[model[0].weight]["exp_avg"]
+        snapshot = held.clone()
+        train(model, opt, 1)
+        assert opt.state[model[0].weight]["exp_avg"] is held
+        assert not torch.equal(held, snapshot)
+
+    model = make_model(torch.bfloat16)
     opt = funcopt.torch.AdamW(model.parameters(), lr=1e-2, weight_decay=0.5)
-    train(model, opt, 2)
+    train(model, opt, 2, dtype=torch.bfloat16)
     w = model[0].weight
     pointer = opt.state[w]["exp_avg"].data_ptr()
-    train(model, opt, 1)
+    train(model, opt, 1, dtype=torch.bfloat16)
     assert opt.state[w]["exp_avg"].data_ptr() == pointer  # donated and reused in place
     held = opt.state[w]["exp_avg"]
     snapshot = held.clone()
-    train(model, opt, 2)  # the held view blocks the reuse of its buffer, nothing else
+    train(model, opt, 2, dtype=torch.bfloat16)  # the held view blocks the buffer's reuse
     assert torch.equal(held, snapshot)
     assert not torch.equal(opt.state[w]["exp_avg"], snapshot)
 

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import shlex
 import shutil
 import warnings
@@ -88,11 +89,12 @@ def _cpu_fingerprint() -> str:
 def _build_of(source: Path, command: tuple[str, ...]) -> _cache.Build:
     timeout_s = _timeout_s()
     _, version, _ = _cache.run([*command, "--version"], timeout_s)
+    headers = [h.read_text() for h in sorted(_HERE.glob("*.h"))]  # parallel.h
     key = hashlib.sha256(
-        "\0".join([source.read_text(), " ".join(_FLAGS), version, jaxlib.__version__,
-                   _cpu_fingerprint()]).encode()
+        "\0".join([source.read_text(), *headers, " ".join(_FLAGS), version,
+                   jaxlib.__version__, _cpu_fingerprint()]).encode()
     ).hexdigest()[:16]
-    full = (*command, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(source))
+    full = (*command, *_FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{_HERE}", str(source))
     return _cache.Build(full, f"{source.stem}-{key}.so", timeout_s)
 
 
@@ -124,18 +126,23 @@ def load(source: Path) -> ctypes.CDLL:
     return _cache.load_private(build)
 
 
+def disabled() -> bool:
+    """Whether ``FUNCOPT_DISABLE_KERNELS`` is set (to anything but empty or ``0``)."""
+    return os.environ.get("FUNCOPT_DISABLE_KERNELS", "") not in ("", "0")
+
+
 @functools.cache
-def target(name: str, symbol: str) -> str | None:
-    """The registered XLA CPU target name of kernel ``name`` (``_kernels/<name>.cc``'s FFI
-    handler ``symbol``), building it if needed; ``None`` if kernels are disabled or cannot be
-    built here."""
-    if os.environ.get("FUNCOPT_DISABLE_KERNELS", "") not in ("", "0"):
+def library(name: str) -> ctypes.CDLL | None:
+    """Kernel ``name``'s loaded library (``_kernels/<name>.cc``), building it if needed; its
+    FFI handlers registered with XLA for the CPU (targets ``funcopt_<symbol>``). ``None`` if
+    kernels are disabled or cannot be built here (with one warning saying why)."""
+    if disabled():
         return None
     try:
-        library = load(_HERE / f"{name}.cc")
-        registered = f"funcopt_{symbol}"
-        jax.ffi.register_ffi_target(registered, jax.ffi.pycapsule(getattr(library, symbol)),
-                                    platform="cpu")
+        handle = load(_HERE / f"{name}.cc")
+        for symbol, registered in _handlers(name):
+            jax.ffi.register_ffi_target(registered, jax.ffi.pycapsule(getattr(handle, symbol)),
+                                        platform="cpu")
     except (OSError, RuntimeError, AttributeError) as err:
         warnings.warn(
             f"funcopt could not build its CPU kernel {name!r}, so it uses the XLA path instead "
@@ -144,4 +151,41 @@ def target(name: str, symbol: str) -> str | None:
             RuntimeWarning, stacklevel=3,
         )
         return None
-    return registered
+    return handle
+
+
+def _handlers(name: str) -> list[tuple[str, str]]:
+    """(symbol, registered target) of each FFI handler ``_kernels/<name>.cc`` defines: its
+    own as ``funcopt_<symbol>``, and ``parallel.h``'s ``FuncoptFpControl`` as
+    ``funcopt_<name>_FuncoptFpControl`` (every library has one)."""
+    source = (_HERE / f"{name}.cc").read_text()
+    symbols = [(s, f"funcopt_{s}")
+               for s in re.findall(r"XLA_FFI_DEFINE_HANDLER_SYMBOL\((\w+),", source)]
+    if "FUNCOPT_DEFINE_COMMON_ENTRY_POINTS()" in source:
+        symbols.append(("FuncoptFpControl", f"funcopt_{name}_FuncoptFpControl"))
+    return symbols
+
+
+@functools.cache
+def target(name: str, symbol: str) -> str | None:
+    """The registered XLA CPU target name of kernel ``name``'s FFI handler ``symbol``,
+    building the kernel if needed; ``None`` if kernels are disabled or cannot be built here."""
+    if library(name) is None:
+        return None
+    return f"funcopt_{symbol}"
+
+
+@functools.cache
+def xla_fp_control(name: str) -> int | None:
+    """The floating-point control word (MXCSR on x86-64, FPCR on AArch64) that XLA runs kernel
+    ``name``'s handlers with, read by its ``FuncoptFpControl`` handler; ``None`` without the
+    kernel. The direct entry points run with it, so that they round as under XLA (which
+    flushes subnormals to zero)."""
+    if library(name) is None:
+        return None
+    call = jax.ffi.ffi_call(f"funcopt_{name}_FuncoptFpControl",
+                            jax.ShapeDtypeStruct((2,), jax.numpy.uint32))
+    with jax.ensure_compile_time_eval():
+        low, high = (int(x) for x in jax.device_get(jax.jit(call)()))
+    return high << 32 | low
+

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import torch
 
-from funcopt.torch import _dlpack, _layouts, _registry, _update
+from funcopt.torch import _direct, _dlpack, _layouts, _registry, _update
 
 __all__ = ["Optimizer"]
 
@@ -182,11 +182,31 @@ class Optimizer(torch.optim.Optimizer):
         lr = None if lr is None else np.float32(float(lr))
         static = _layouts.static_key({k: v for k, v in config.items() if k != "learning_rate"})
         steps = [self._step_of(p) for p in params]
+        taken = [False] * len(params)
+        if not self._layout.group_keys:  # float32 CPU parameters, in place in one C call
+            taken = _direct.step(self, params, steps, static, lr)
+        rest = [i for i, done in enumerate(taken) if not done]
+        if rest:
+            self._step_jax(group, [params[i] for i in rest], [steps[i] for i in rest], config,
+                           static, lr)
+
+    def direct_stepped(self, stepped):
+        """Internal API (``_direct``): each ``(p, step)`` of ``stepped``: ``p`` and its state
+        tensors were stepped in place from ``step``; the state is torch's own memory now."""
+        torch.autograd.graph.increment_version([p for p, _ in stepped])  # autograd sees it
+        state = self.state
+        for p, step in stepped:
+            state[p]["step"] = min(step + 1, 2**31 - 1)
+        if self._jax:
+            for p, _ in stepped:
+                self._jax.pop(p, None)
+                self._scratch.pop(p, None)
+
+    def _step_jax(self, group, params, steps, config, static, lr):
+        """The jitted update of ``params`` (a group's, or those the kernel did not take)."""
         views = [self._param_view(p) for p in params]
-        external = _update.external_params(self._optimizer_fn, params, views)
-        states, scratch = self._inputs(params, steps, config, static, lr is None, external)
-        fn = _update.compiled_update(self._optimizer_fn, self._layout, static, lr is None,
-                                     external)
+        states, scratch = self._inputs(params, steps, config, static, lr is None)
+        fn = _update.compiled_update(self._optimizer_fn, self._layout, static, lr is None)
         inputs = views, [_dlpack.to_jax(p.grad) for p in params]
         group_in = self._layout.group_arrays(group)  # host-side (float64 -> [hi, lo] pairs)
         # Drop our torch views of the state so that JAX may donate (reuse) its buffers.
@@ -195,8 +215,7 @@ class Optimizer(torch.optim.Optimizer):
                 self.state[p].update(dict.fromkeys(state))
         try:
             new_params, new_states, new_group = fn(
-                lr, np.asarray(steps, np.int32), *inputs, scratch, states, group_in,
-                _update.addresses(params, external))
+                lr, np.asarray(steps, np.int32), *inputs, scratch, states, group_in)
             jax.block_until_ready((new_params, new_states))
         except Exception:
             for p, step, state in zip(params, steps, states, strict=True):
@@ -204,32 +223,27 @@ class Optimizer(torch.optim.Optimizer):
                     self._install(p, step, state)
             raise
         del inputs, views  # JAX is done reading the torch parameters and gradients
+        _direct.write(params, new_params)
         for p, step, new_p, new_state in zip(params, steps, new_params, new_states, strict=True):
-            if new_p is None:  # updated in place by the fused kernel
-                torch.autograd.graph.increment_version(p)
-            else:
-                _dlpack.write(p, new_p)
-                self._scratch[p] = new_p
+            self._scratch[p] = new_p
             self._install(p, min(step + 1, 2**31 - 1), new_state)
         group.update(self._layout.torch_group(new_group))  # as the reference keeps them
 
-    def _inputs(self, params, steps, config, static, lr_is_none, external):
+    def _inputs(self, params, steps, config, static, lr_is_none):
         """The JAX state (one dict per parameter) and scratch arrays of a group's step: the
         current ones, zeros (from a small computation of their own) where missing."""
         states = [self._jax_state(p, self.state[p], config) if step else None
                   for p, step in zip(params, steps, strict=True)]
-        scratch = [None if outside else self._scratch.pop(p, None)
-                   for p, outside in zip(params, external, strict=True)]
+        scratch = [self._scratch.pop(p, None) for p in params]
         scratch = [s if _reusable(s, p) else None for s, p in zip(scratch, params, strict=True)]
         fresh = [i for i, (s, z) in enumerate(zip(states, scratch, strict=True))
-                 if s is None or (z is None and not external[i])]
+                 if s is None or z is None]
         if fresh:
             init = _update.compiled_init(self._optimizer_fn, self._layout, static, lr_is_none)
             zero_states, zeros = init([_dlpack.to_jax(params[i]) for i in fresh])
             for i, zero_state, zero in zip(fresh, zero_states, zeros, strict=True):
                 states[i] = zero_state if states[i] is None else states[i]
-                if not external[i]:
-                    scratch[i] = zero if scratch[i] is None else scratch[i]
+                scratch[i] = zero if scratch[i] is None else scratch[i]
         return states, scratch
 
     # -- state ----------------------------------------------------------------------------

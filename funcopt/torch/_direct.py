@@ -1,0 +1,200 @@
+"""In-place steps on torch's own memory through funcopt's CPU kernels.
+
+For the optimizers that have one (``funcopt.adamw``: ``funcopt/_kernels/adamw.cc``;
+``funcopt.adamw_torch``, ``adamw_torch_fused`` and ``adam_torch``: ``adamw_torch.cc``), the
+float32 CPU parameters of a param group are stepped by one plain C call on the tensors'
+memory: parameters, gradients and the state tensors in ``optimizer.state`` are read and
+written in place, as torch's own optimizers do. No DLPack import, no XLA dispatch, no views
+of new state: only the few step scalars come from a small jitted JAX function (the numbers
+the XLA path computes, so the results are its bits).
+
+Threads: the kernel runs on the OpenMP runtime torch itself uses (``GOMP_parallel`` of the
+library torch loaded; ``torch.get_num_threads()`` threads), so its threads are torch's and
+nothing spins against them; without one found (another platform, another torch build) it
+starts its own short-lived threads.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import functools
+import os
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+import funcopt
+from funcopt import _fused_adamw, _fused_adamw_torch, _kernels
+from funcopt._kernels import _direct
+from funcopt.torch import _dlpack, _update
+
+__all__ = ["KERNELS", "step"]
+
+
+class Kernel(NamedTuple):
+    """An optimizer's direct kernel: its library, the state keys it updates (in pointer order,
+    after the parameter and the gradient) under a rule, the number of pointers per leaf it
+    takes (missing ones null), and the kernel module (``funcopt._fused_adamw``-like:
+    ``direct_entry()``, ``scalars_of(rule)``, ``direct_flags(rule, decays)``)."""
+
+    library: str
+    keys: Callable[[object], tuple[str, ...]]
+    width: int
+    module: object
+
+
+def _adam_keys(rule) -> tuple[str, ...]:
+    return ("exp_avg", "exp_avg_sq", *(("max_exp_avg_sq",) if rule.amsgrad else ()))
+
+
+_ADAM_TORCH = Kernel("adamw_torch", _adam_keys, 5, _fused_adamw_torch)
+
+#: optimizer function -> its direct kernel.
+KERNELS = {
+    funcopt.adamw: Kernel("adamw", lambda rule: ("exp_avg", "exp_avg_sq"), 4, _fused_adamw),
+    funcopt.adamw_torch: _ADAM_TORCH,
+    funcopt.adamw_torch_fused: _ADAM_TORCH,
+    funcopt.adam_torch: _ADAM_TORCH,
+}
+
+
+@functools.cache
+def _entry(optimizer_fn):
+    kernel = KERNELS.get(optimizer_fn)
+    if kernel is None:
+        return None
+    entry = kernel.module.direct_entry()
+    if entry is not None:
+        _share_threads(kernel.library)
+    return entry
+
+
+def _share_threads(name: str) -> None:
+    """Hands the kernel library torch's ``GOMP_parallel``, if torch runs on OpenMP."""
+    address = _torch_openmp_parallel()
+    _kernels.library(name).funcopt_set_parallel(ctypes.c_void_p(address))
+
+
+@functools.cache
+def _torch_openmp_parallel() -> int | None:
+    """The address of ``GOMP_parallel`` in the OpenMP runtime torch loaded (libgomp, or LLVM's
+    libomp / Intel's libiomp5, which export it too), or None."""
+    if "OpenMP" not in torch.__config__.parallel_info().split("parallel backend:")[-1][:40]:
+        return None
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(maxsplit=5)[-1].strip() for line in maps if "omp" in line}
+    except OSError:
+        return None
+    runtimes = [p for p in paths if os.path.basename(p).startswith(("libgomp", "libomp",
+                                                                     "libiomp5"))]
+    here = os.path.dirname(torch.__file__)
+    for path in sorted(runtimes, key=lambda p: not p.startswith(here)):  # torch's own first
+        try:
+            return ctypes.cast(ctypes.CDLL(path).GOMP_parallel, ctypes.c_void_p).value
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def _fits(t, p) -> bool:
+    """A float32 contiguous CPU tensor shaped like ``p`` (plain attribute reads: this runs for
+    every tensor at every step)."""
+    return isinstance(t, torch.Tensor) and t.dtype is torch.float32 and t.is_cpu and (
+        t.shape == p.shape and t.is_contiguous())
+
+
+def takes(optimizer, params, steps, keys) -> list[bool]:
+    """Which of a param group's stepping ``params`` (``steps``: their step counts so far) the
+    kernel steps, given the state ``keys`` it updates: float32 contiguous CPU parameters with
+    float32 CPU gradients, no other parameter of the group on their storage, and either no
+    state yet or float32 contiguous CPU state tensors of their shape, when the optimizer has
+    a kernel and it is available here."""
+    if _entry(optimizer._optimizer_fn) is None:
+        return [False] * len(params)
+    storages = collections.Counter(p.untyped_storage().data_ptr() for p in params)
+    state = optimizer.state
+    taken = []
+    for p, n in zip(params, steps, strict=True):
+        ok = _fits(p, p) and _fits(p.grad, p) and storages[p.untyped_storage().data_ptr()] == 1
+        if ok and n:
+            s = state[p]
+            ok = all(_fits(s.get(k), p) for k in keys)
+        taken.append(ok)
+    return taken
+
+
+def step(optimizer, params, steps, static, lr) -> list[bool]:
+    """Steps the parameters of one param group that the kernel takes (:func:`takes`), in
+    place, at learning rate ``lr`` (float32) under the group's static hyperparameters
+    ``static``; returns which ones it took (the others take the XLA path)."""
+    fn = optimizer._optimizer_fn
+    entry = _entry(fn)
+    if entry is None or lr is None:
+        return [False] * len(params)
+    rule = _update.static_rule(fn, static)
+    kernel = KERNELS[fn]
+    keys = kernel.keys(rule)
+    taken = takes(optimizer, params, steps, keys)
+    chosen = [(p, n) for p, n, ok in zip(params, steps, taken, strict=True) if ok]
+    if not chosen:
+        return taken
+    state = optimizer.state
+    rows = []
+    for p, n in chosen:
+        s = state[p]
+        if n == 0:  # the first step: zero state, torch-owned, in the reference's order
+            s["step"] = 0
+            s.update({k: torch.zeros_like(p) for k in keys})
+        rows.append([p.data_ptr(), p.grad.data_ptr(), *[s[k].data_ptr() for k in keys]])
+    pointers = np.zeros((len(chosen), kernel.width), np.uint64)
+    pointers[:, :2 + len(keys)] = rows
+    counts = [n for _, n in chosen]
+    coefficients, leaf_scalars = kernel.module.scalars_of(rule)(lr, counts)
+    _direct.call(entry[0], pointers, [p.numel() for p, _ in chosen], coefficients,
+                 leaf_scalars, kernel.module.direct_flags(rule, [rule.decays_any()] * len(
+                     chosen)), entry[1], torch.get_num_threads())
+    optimizer.direct_stepped(chosen)
+    return taken
+
+
+@functools.cache
+def _copy():
+    """The kernels' multi-threaded ``funcopt_copy`` on torch's threads, or None."""
+    if _kernels.disabled() or _kernels.compiler() is None:
+        return None
+    library = _kernels.library("copy")
+    if library is None:
+        return None
+    _share_threads("copy")
+    fn = library.funcopt_copy
+    fn.argtypes = [ctypes.c_int64, *[ctypes.c_void_p] * 3, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def write(params, arrays) -> None:
+    """``p.copy_(a)`` for each parameter and its new value (a JAX CPU array, computed), as
+    one multi-threaded copy on torch's threads where both are contiguous CPU memory of the
+    same size, else with :func:`funcopt.torch._dlpack.write`. Versions are bumped, as by any
+    in-place op."""
+    fast, rest = [], []
+    for p, a in zip(params, arrays, strict=True):
+        ok = (p.is_cpu and p.is_contiguous() and a.dtype == _dlpack.jax_dtype(p.dtype)
+              and a.nbytes == p.numel() * p.element_size() and a.platform() == "cpu")
+        (fast if ok else rest).append((p, a))
+    copy = _copy() if fast else None
+    if copy is None:
+        rest, fast = rest + fast, []
+    for p, a in rest:
+        _dlpack.write(p, a)
+    if fast:
+        n = len(fast)
+        dst = np.array([p.data_ptr() for p, _ in fast], np.uint64)
+        src = np.array([a.unsafe_buffer_pointer() for _, a in fast], np.uint64)
+        sizes = np.array([a.nbytes for _, a in fast], np.int64)
+        copy(n, dst.ctypes.data, src.ctypes.data, sizes.ctypes.data, torch.get_num_threads())
+        torch.autograd.graph.increment_version([p for p, _ in fast])
