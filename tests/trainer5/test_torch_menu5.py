@@ -321,3 +321,23 @@ PACKAGES = [
 @pytest.mark.parametrize(("pair", "bitwise"), PACKAGES)
 def test_grokadamw_stable_adamw_galore(pair, bitwise):
     check(pair, bitwise)
+
+
+def test_grokadamw_state_dict_by_position_and_its_limit():
+    """GrokAdamW's state dict keys its state by tensor inside the param groups: funcopt's
+    Optimizer maps it by position, and refuses when a parameter never stepped (the order is
+    then unknown)."""
+    import numpy as np
+    from bridge_parity import torch_params
+    params = torch_params([np.ones(3, np.float32), np.ones((2, 2), np.float32)])
+    ref = grokadamw.GrokAdamW(params, lr=1e-3)
+    params[1].grad = torch.ones(2, 2)
+    ref.step()  # only the second parameter has state
+    saved = ref.state_dict()
+    assert "state" in saved["param_groups"][0] and not saved["state"]
+    opt = funcopt.torch.Optimizer(torch_params(params), funcopt.grokadamw, lr=1e-3)
+    with pytest.raises(ValueError, match="for 1 of its 2 parameters"):
+        opt.load_state_dict(saved)
+    state = funcopt.torch.state_from_torch(ref, [np.ones(3, np.float32),
+                                                 np.ones((2, 2), np.float32)])
+    assert [int(s) for s in state.step] == [0, 1]
