@@ -35,6 +35,29 @@ OPTIMIZERS = [
         1e-2, 10, 2, adam_global_clipnorm=1.0)[0], True),
     ("create_optimizer-decay", lambda: funcopt.create_optimizer(
         1e-2, 10, 2, weight_decay_rate=0.1)[0], False),
+    # The Trainer's menu.
+    ("adamw_torch", lambda: funcopt.adamw_torch(1e-2, amsgrad=True), False),
+    ("adamw_torch_fused", lambda: funcopt.adamw_torch_fused(1e-2), False),
+    ("adam_torch", lambda: funcopt.adam_torch(1e-2), True),
+    ("sgd", lambda: funcopt.sgd(1e-2, momentum=0.9, nesterov=True), True),
+    ("adagrad", lambda: funcopt.adagrad(1e-2, lr_decay=0.1), True),
+    ("rmsprop", lambda: funcopt.rmsprop(1e-2, momentum=0.5, centered=True), True),
+    ("lion", lambda: funcopt.lion(1e-3, weight_decay=0.1), False),
+    ("ademamix", lambda: funcopt.ademamix(1e-3, t_alpha=5, t_beta3=5), False),
+    ("rmsprop_bnb", lambda: funcopt.rmsprop_bnb(1e-3), False),
+    ("adamw_bnb", lambda: funcopt.adamw_bnb(1e-3), False),
+    ("adamw_8bit", lambda: funcopt.adamw_8bit(1e-3, min_8bit_size=4), False),
+    ("lion_8bit", lambda: funcopt.lion_8bit(1e-3, min_8bit_size=4), False),
+    ("ademamix_8bit", lambda: funcopt.ademamix_8bit(1e-3, min_8bit_size=4), False),
+    ("rmsprop_8bit", lambda: funcopt.rmsprop_8bit(1e-3, min_8bit_size=4), False),
+    ("schedule_free_adamw", lambda: funcopt.schedule_free_adamw(1e-2, warmup_steps=2), False),
+    ("schedule_free_sgd", lambda: funcopt.schedule_free_sgd(1e-2), False),
+    ("schedule_free_radam", lambda: funcopt.schedule_free_radam(1e-2), False),
+    ("grokadamw", lambda: funcopt.grokadamw(1e-3), False),
+    ("stable_adamw", lambda: funcopt.stable_adamw(1e-3), False),
+    ("galore_adamw", lambda: funcopt.galore_adamw(1e-3, rank=2, update_proj_gap=2), False),
+    ("galore_adafactor", lambda: funcopt.galore_adafactor(
+        1e-3, relative_step=False, scale_parameter=False, rank=2, update_proj_gap=2), False),
 ]
 
 SHAPES = {"scale": (), "bias": (3,), "kernel": (3, 4), "conv": (2, 3, 2)}
