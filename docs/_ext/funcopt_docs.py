@@ -236,8 +236,7 @@ def torch_pairs_lines() -> list[str]:
         keys = ", ".join(f"``{k}``" for k in (("step",) if layout.step else ()) + layout.order)
         lines += [f"   * - {', '.join(torch_side)}",
                   f"     - {target} (``{layout.state_type.__name__}``)", f"     - {keys}"]
-    lines += ["   * - ``torch.optim.AdamW``", "     - ``optax.adamw`` (one count for all)",
-              "     - ``step``, ``exp_avg``, ``exp_avg_sq``", ""]
+    lines += [""]
     return lines
 
 
