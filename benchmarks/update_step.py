@@ -106,6 +106,16 @@ def _funcopt_fused_adamw():
     return funcopt.fused_adamw(LR, eps=EPS, weight_decay=WD)
 
 
+def _funcopt_adamw_torch_fused():
+    import funcopt
+    return funcopt.adamw_torch_fused(LR, eps=EPS, weight_decay=WD)  # torch AdamW(fused=True)
+
+
+def _funcopt_fused_adamw_torch():
+    import funcopt
+    return funcopt.fused_adamw_torch(LR, eps=EPS, weight_decay=WD)
+
+
 def _funcopt_awd():
     import funcopt
     return funcopt.adam_weight_decay(LR, eps=EPS, weight_decay_rate=WD)
@@ -147,6 +157,8 @@ def _hf_adafactor(params):
 PEERS = {p.name: p for p in [
     Peer("funcopt.adamw", "adamw", "jax", _funcopt_adamw),
     Peer("funcopt.fused_adamw", "adamw", "jax", _funcopt_fused_adamw),
+    Peer("funcopt.adamw_torch_fused", "adamw", "jax", _funcopt_adamw_torch_fused),
+    Peer("funcopt.fused_adamw_torch", "adamw", "jax", _funcopt_fused_adamw_torch),
     Peer("funcopt.adam_weight_decay", "adamw", "jax", _funcopt_awd),
     Peer("optax.adamw", "adamw", "jax", _optax_adamw),
     Peer("torch.AdamW(fused)", "adamw", "torch", _torch_adamw("fused")),
@@ -166,6 +178,9 @@ COMPARISONS = [
     ("funcopt.fused_adamw", "optax.adamw", 1.0),
     ("funcopt.fused_adamw", "torch.AdamW(fused)", 1.25),
     ("funcopt.fused_adamw", "transformers.AdamW", None),
+    ("funcopt.adamw_torch_fused", "torch.AdamW(fused)", None),
+    ("funcopt.fused_adamw_torch", "torch.AdamW(fused)", 1.1),
+    ("funcopt.fused_adamw_torch", "funcopt.adamw_torch_fused", None),
     ("funcopt.adam_weight_decay", "optax.adamw", None),
     ("funcopt.adam_weight_decay", "torch.AdamW(fused)", None),
     ("funcopt.adafactor", "optax.adafactor", 1.0),

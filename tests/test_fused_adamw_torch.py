@@ -22,6 +22,7 @@ from torch_model import one_torch_thread, torch  # noqa: F401  (an autouse fixtu
 import funcopt
 import funcopt.torch
 from funcopt import _adam_torch, _fused_adamw_torch, _kernels
+from funcopt._kernels import _direct as kernel_direct
 from funcopt.torch import _direct
 
 HAS_COMPILER = _kernels.compiler() is not None
@@ -210,3 +211,18 @@ def test_torch_optimizer_against_torch_fused_adamw():
         print(f"{tuple(a.shape)}: funcopt vs torch fused {ours_err:.2e}, torch float32 vs "
               f"float64 {noise:.2e}")
         assert ours_err <= max(1e-6, noise)
+
+
+def test_direct_scalars_tabulated_ahead_are_the_one_call_values():
+    """funcopt.torch's step scalars: a table of the next steps (same learning rate, every
+    leaf at one step) holds what one call for that step gives, across table refreshes; other
+    calls (leaves at different steps, a new learning rate) compute directly."""
+    rule = dataclasses.replace(_fused_adamw_torch._check_rules()[1], mask=None)
+    fn = _fused_adamw_torch.direct_scalars(rule)
+    one = jax.jit(fn)
+    cached = kernel_direct.Scalars(fn)
+    for lr, steps in ([(1e-3, [n] * 3) for n in range(140)] + [(1e-3, [5, 7, 7])]
+                      + [(2e-3, [n] * 2) for n in (140, 141)]):
+        for ours, theirs in zip(cached(lr, steps), one(np.float32(lr), np.int32(steps)),
+                                strict=True):
+            np.testing.assert_array_equal(ours, np.asarray(theirs))

@@ -1,7 +1,8 @@
 """In-place steps on torch's own memory through funcopt's CPU kernels.
 
 For the optimizers that have one (``funcopt.adamw``: ``funcopt/_kernels/adamw.cc``;
-``funcopt.adamw_torch``, ``adamw_torch_fused`` and ``adam_torch``: ``adamw_torch.cc``), the
+``funcopt.adamw_torch``, ``adamw_torch_fused`` and ``adam_torch``: ``adamw_torch.cc``;
+``funcopt.sgd``: ``sgd.cc``), the
 float32 CPU parameters of a param group are stepped by one plain C call on the tensors'
 memory: parameters, gradients and the state tensors in ``optimizer.state`` are read and
 written in place, as torch's own optimizers do. No DLPack import, no XLA dispatch, no views
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 import funcopt
-from funcopt import _fused_adamw, _fused_adamw_torch, _kernels
+from funcopt import _fused_adamw, _fused_adamw_torch, _kernels, _sgd_kernel
 from funcopt._kernels import _direct
 from funcopt.torch import _dlpack, _update
 
@@ -58,6 +59,8 @@ KERNELS = {
     funcopt.adamw_torch: _ADAM_TORCH,
     funcopt.adamw_torch_fused: _ADAM_TORCH,
     funcopt.adam_torch: _ADAM_TORCH,
+    funcopt.sgd: Kernel("sgd", lambda rule: ("momentum_buffer",) if rule.has_buffer() else (),
+                        3, _sgd_kernel),
 }
 
 
