@@ -62,6 +62,14 @@ class StreamingAverageState(NamedTuple):
         not recomputed, exactly as torch does).
       count: int32, ``len(values)``.
       head: int32, the index of the oldest value once the window is full.
+
+    >>> from funcopt import greedy_lr
+    >>> tx = greedy_lr(smooth=True, window_size=3)
+    >>> state = tx.init({})
+    >>> for v in (1.0, 2.0, 4.0):
+    ...     _, state = tx.update({}, state, value=v)
+    >>> int(state.smoothing.count), state.smoothing.values_bits.shape
+    (3, (3, 2))
     """
 
     values_bits: jax.Array

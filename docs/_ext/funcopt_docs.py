@@ -277,6 +277,8 @@ def is_external(target: str) -> bool:
         return True
     if parts[0] == "funcopt" and any(part.startswith("_") for part in parts[1:]):
         return True
+    if len(parts) == 1 and parts[0].startswith("_"):  # a private base class, unqualified
+        return True
     return "." not in target and hasattr(builtins, target)  # int, float, str, None, ...
 
 
