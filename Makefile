@@ -39,7 +39,8 @@ test: $(STAMP) $(STAMP5) $(DOCS_STAMP) lint
 	$(VENV5)/bin/python -m pytest -n 2 --dist loadfile -q tests/trainer5
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks --output benchmarks/results/update_step_25m.md
+	$(BIN)/python -m benchmarks --output benchmarks/results/update_step_25m.md \
+		--torch-output benchmarks/results/torch_bridge.md --goals-output benchmarks/results/goals.md
 
 # The documentation site, notebooks executed, into docs/_build/html (docs/README.md).
 docs: $(DOCS_STAMP)

@@ -56,11 +56,7 @@ def _funcopt(fn_name, **kw):
     def make(params):
         import funcopt
         import funcopt.torch
-        from benchmarks import _torch_layouts
-
-        fn = getattr(funcopt, fn_name)
-        _torch_layouts.ensure_registered(fn)
-        return funcopt.torch.Optimizer(params, fn, lr=LR, **kw)
+        return funcopt.torch.Optimizer(params, getattr(funcopt, fn_name), lr=LR, **kw)
     return make
 
 
@@ -103,7 +99,7 @@ OPTIMIZERS: dict[str, Callable] = {
     "Optimizer(adamw_torch)": _funcopt("adamw_torch", weight_decay=WD),
     "Optimizer(sgd)": _funcopt("sgd", momentum=0.9, weight_decay=WD),
     "torch.SGD(foreach)": _torch("SGD", momentum=0.9, weight_decay=WD, foreach=True),
-    "Optimizer(lion)": lambda ps: _funcopt("lion", weight_decay=WD)(ps),
+    "Optimizer(lion)": _funcopt("lion", weight_decay=WD),
     "bnb.Lion(32-bit)": _bnb_lion,
 }
 

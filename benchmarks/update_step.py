@@ -520,6 +520,7 @@ def run(args) -> str:
     w("| funcopt | peer | time ratio: median [IQR] of per-round ratios | ratio of minima "
       "| goal | met |")
     w("|---|---|---:|---:|---:|---|")
+    args.goal_rows = []
     for a, b, goal in COMPARISONS:
         if a not in times or b not in times:
             continue
@@ -532,6 +533,8 @@ def run(args) -> str:
             goal_s = f"≤ {goal:g}"
             ok = (med <= goal, of_minima <= goal)
             met = "yes" if all(ok) else ("**no**" if not any(ok) else "unclear")
+            args.goal_rows.append({"ours": a, "peer": b, "median": med, "of_minima": of_minima,
+                                   "goal": goal, "met": met.strip("*")})
         w(f"| {a} | {b} | {med:.2f} [{q1:.2f}–{q3:.2f}] | {of_minima:.2f} | {goal_s} | {met} |")
     w("")
     if max(load0[0], load1[0]) > 0.75 * (os.cpu_count() or 1):
@@ -581,6 +584,7 @@ def main(argv=None):
     if args.output:
         with open(args.output, "w") as f:
             f.write(text + "\n")
+    return args.goal_rows
 
 
 if __name__ == "__main__":

@@ -26,13 +26,15 @@ class Optimizer(torch.optim.Optimizer):
 
     Each ``step()`` runs, for every param group, one jitted call of ``optimizer_fn``'s update
     on all the group's parameters that have a gradient, and updates the parameters in place
-    (storage, views and tied weights are kept): ``funcopt.adamw`` on float32 CPU parameters
-    runs ``funcopt.fused_adamw``'s kernel directly on the parameters' memory; other
+    (storage, views and tied weights are kept). Float32 contiguous CPU parameters of
+    ``funcopt.adamw``, ``adamw_torch``, ``adamw_torch_fused``, ``adam_torch`` and ``sgd`` skip
+    XLA: one C call of funcopt's CPU kernel steps them and their state in place, in torch's
+    memory, with the XLA path's numbers bit for bit (``funcopt/torch/_direct.py``); other
     parameters get the jitted result copied back.
     Parameters whose ``.grad`` is None are skipped exactly as torch skips them: no state is
     created, their step does not advance and no weight decay touches them. Tensors enter JAX
-    through DLPack without copies; the state lives in JAX memory that is donated to, and
-    reused by, the next update.
+    through DLPack without copies; the state of the jitted path lives in JAX memory that is
+    donated to, and reused by, the next update.
 
     The group's ``lr`` is read at every step and enters the computation as a traced value, so
     LR schedulers (``LambdaLR``, ``transformers.get_scheduler``) work and changing it never
@@ -43,18 +45,20 @@ class Optimizer(torch.optim.Optimizer):
     ``step`` (a Python int), ``exp_avg``, ``exp_avg_sq`` for ``funcopt.adamw`` (moments in the
     parameter's dtype); ``step``, ``exp_avg`` (with ``beta1``), ``exp_avg_sq_row`` and
     ``exp_avg_sq_col`` (ndim >= 2) or ``exp_avg_sq``, and a 0-d ``RMS`` for
-    ``funcopt.adafactor`` (float32 for bf16/fp16 parameters). Its tensors are views of JAX
-    memory, replaced at every step; ``state_dict()`` returns copies, and ``load_state_dict()``
+    ``funcopt.adafactor`` (float32 for bf16/fp16 parameters). The kernel path's tensors are
+    torch tensors updated in place (as the reference's are); the jitted path's are views of
+    JAX memory, replaced at every step. ``state_dict()`` returns copies, and ``load_state_dict()``
     accepts the reference classes' state dicts (keeping float32 Adafactor state for bf16
     parameters, which torch's own loader would round to bf16).
 
-    Performance: one jitted call per group and step, no allocation in steady state (the state
-    is donated and reused; parameters that are copied back also keep a donated scratch array
-    of their size). With ``funcopt.adamw`` on float32 CPU parameters the step reads and writes
-    each parameter and moment once, like torch's fused AdamW. On a CPU,
-    torch's OpenMP threads and XLA's thread pool spin-wait for each other after their own
-    work; with small models this dominates the step, and ``OMP_WAIT_POLICY=PASSIVE`` in the
-    environment (set before torch is imported) removes torch's half of it.
+    Performance: on the kernel path, one pass over each parameter, gradient and state tensor
+    (7 memory accesses per parameter for AdamW, as torch's fused kernel), on torch's own
+    OpenMP threads, and a few microseconds of Python per parameter: as fast as torch's fused
+    AdamW in a plain process (``benchmarks/NOTES.md``). The jitted path makes one call per
+    group and step and allocates nothing in steady state (the state is donated and reused;
+    the new parameters land in a donated scratch array and are copied into the parameters on
+    torch's threads); XLA's and torch's thread pools then take turns, each spinning a while
+    after its own work.
 
     Args:
       params: an iterable of tensors, or of dicts defining param groups.
