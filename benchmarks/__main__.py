@@ -1,15 +1,17 @@
 """``python -m benchmarks`` (``make bench``): funcopt's benchmarks in one plain process, and
 every ratio against its goal.
 
-``python -m benchmarks [--suites update_step,torch_bridge,menu,eight_bit]
+``python -m benchmarks [--suites update_step,isolated,torch_bridge,menu,eight_bit]
 [--torch-output FILE] [--goals-output FILE] [update_step's options: --size, --rounds,
 --budget, --only, --no-memory, --output ...]``
 
 1. ``update_step`` (:mod:`benchmarks.update_step`): the JAX update step against optax,
    torch and transformers (``--output`` writes its markdown; ``--size 124m`` for GPT-2 small).
-2. ``torch_bridge`` (:mod:`benchmarks.torch_bridge`): ``funcopt.torch``'s optimizers against
+2. ``isolated`` (:mod:`benchmarks.isolated`): the fused JAX steps and torch's fused AdamW each
+   in its own process (no torch threads spinning beside XLA's, as in a JAX-only program).
+3. ``torch_bridge`` (:mod:`benchmarks.torch_bridge`): ``funcopt.torch``'s optimizers against
    the torch optimizers they replace (``--torch-output`` writes its table).
-3. ``menu`` and ``eight_bit``: the other benchmark scripts' ``main()``s in a quick mode
+4. ``menu`` and ``eight_bit``: the other benchmark scripts' ``main()``s in a quick mode
    (small sizes, few rounds), if present: the menu's bitsandbytes and schedule-free
    optimizers against optax, the 8-bit optimizers against ``funcopt.adamw``.
 
@@ -27,7 +29,7 @@ import os
 import platform
 import sys
 
-SUITES = ("update_step", "torch_bridge", "menu", "eight_bit")
+SUITES = ("update_step", "isolated", "torch_bridge", "menu", "eight_bit")
 
 
 def machine() -> str:
@@ -83,6 +85,9 @@ def main(argv=None) -> None:
     if "update_step" in suites:
         from benchmarks import update_step
         goals += update_step.main(rest) or []
+    if "isolated" in suites:
+        from benchmarks import isolated
+        goals += isolated.main([])
     if "torch_bridge" in suites:
         from benchmarks import torch_bridge
         rows = torch_bridge.main(["--budget", str(args.torch_budget)])

@@ -7,7 +7,7 @@
 * The fallbacks: kernels disabled (FUNCOPT_DISABLE_KERNELS=1) give the same numbers.
 
 Each run is compared with the same rule run by JAX with the learning rate funcopt.torch
-passes (a float32 value), one jitted update + apply_updates per step.
+passes (a traced float32 value), one jitted update + apply_updates per step.
 """
 
 import os
@@ -57,9 +57,9 @@ def run_jax(fn, kw, params, grads, lrs):
         jnp.bfloat16 if t.dtype == torch.bfloat16 else jnp.float32)
     jax_params = [as_jax(p) for p in params]
     state = jax.jit(fn(learning_rate=1.0, **kw).init)(jax_params)
+    step = jax.jit(lambda lr, *a: applying(fn(learning_rate=lr, **kw))(*a))  # lr traced
     for gs, lr in zip(grads, lrs, strict=True):
-        tx = fn(learning_rate=np.float32(lr), **kw)
-        jax_params, state = jax.jit(applying(tx))([as_jax(g) for g in gs], state, jax_params)
+        jax_params, state = step(np.float32(lr), [as_jax(g) for g in gs], state, jax_params)
     return jax_params, state
 
 
