@@ -209,8 +209,9 @@ class AdamTorch(_core.Rule):
     def init_leaf(self, p) -> tuple:
         """``(step, exp_avg, exp_avg_sq, max_exp_avg_sq)``: moments in the parameter's
         dtype, ``max_exp_avg_sq`` only with amsgrad."""
-        zeros = jnp.zeros_like(p)
-        return jnp.zeros([], f32), zeros, zeros, zeros if self.amsgrad else None
+        # One array per field: a state that shares buffers cannot be donated.
+        return (jnp.zeros([], f32), jnp.zeros_like(p), jnp.zeros_like(p),
+                jnp.zeros_like(p) if self.amsgrad else None)
 
     def _second_moment(self, k, v, g, float32_fused):
         """``v.mul_(b2).addcmul_(g, g, value=1 - b2)``: ``fma(c * g, g, round(b2 * v))``.

@@ -441,3 +441,19 @@ def test_step_scalars_are_torchs_float64_values():
         want = np.array([lr32 / (1 - b1 ** s) for s in steps], np.float32)
         ulps = np.abs(np.asarray(traced).view(np.int32) - want.view(np.int32))
         assert ulps.max() <= 1 and ulps.mean() < 1e-3
+
+
+def test_eager_init_state_can_be_donated():
+    """Each state field owns its buffer: a jitted step may donate an eagerly built state."""
+    import functools
+
+    opt = funcopt.adamw_torch(1e-2, amsgrad=True)
+    params = {"w": jnp.ones(5)}
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, state):
+        updates, state = opt.update({"w": jnp.ones(5)}, state, params)
+        return optax.apply_updates(params, updates), state
+
+    params, state = step(params, opt.init(params))
+    assert state.exp_avg["w"].shape == (5,)
