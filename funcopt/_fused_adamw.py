@@ -180,18 +180,22 @@ def _check_rules() -> tuple[AdamW, AdamW]:
     return hyper, dataclasses.replace(hyper, mask={"w": True, "b": False})
 
 
-@functools.cache
-def _xla_reference() -> tuple:
-    """Two XLA steps of each :func:`_check_rules` rule on :func:`awkward_problem`: the leaves
-    of ``(params, state)`` as NumPy arrays."""
+def xla_reference(rules) -> tuple:
+    """Two XLA steps of each rule on :func:`awkward_problem`: the leaves of
+    ``(params, state)`` as NumPy arrays, what a kernel must reproduce bit for bit."""
     params, grads = awkward_problem()
     out = []
-    for h in _check_rules():
-        xla, step = (params, _core.init(h, params)), jax.jit(functools.partial(_xla_step, h))
+    for rule in rules:
+        xla, step = (params, _core.init(rule, params)), jax.jit(functools.partial(_xla_step, rule))
         for _ in range(2):
             xla = step(grads, xla[1], xla[0])
         out.append([np.asarray(x) for x in jax.tree.leaves(xla)])
     return tuple(out)
+
+
+@functools.cache
+def _xla_reference() -> tuple:
+    return xla_reference(_check_rules())
 
 
 def _same_as_xla(target) -> bool:
@@ -206,23 +210,29 @@ def _direct_same_as_xla(entry) -> bool:
                    "funcopt.torch's AdamW")
 
 
-def _agrees(kernel_step, what) -> bool:
-    """Whether ``kernel_step(hyper)(grads, state, params)`` gives the XLA path's bits on
-    :func:`awkward_problem`, with decay on and off (two steps); warns if not."""
+def agrees(rules, references, kernel_step, kernel: str, what: str, stacklevel=5) -> bool:
+    """Whether ``kernel_step(rule)(grads, state, params)``, two steps from each rule's zero
+    state on :func:`awkward_problem`, gives ``references`` (:func:`xla_reference`) bit for
+    bit; warns that ``what`` takes the XLA path if not."""
     params, grads = awkward_problem()
-    for h, xla in zip(_check_rules(), _xla_reference(), strict=True):
-        ours = (params, _core.init(h, params))
+    for rule, xla in zip(rules, references, strict=True):
+        ours = (params, _core.init(rule, params))
         for _ in range(2):
-            ours = kernel_step(h)(grads, ours[1], ours[0])
+            ours = kernel_step(rule)(grads, ours[1], ours[0])
         pairs = zip(jax.tree.leaves(ours), xla, strict=True)
         if not all(np.array_equal(a, b, equal_nan=True) for a, b in pairs):
             warnings.warn(
-                "funcopt's adamw CPU kernel, as this machine's compiler built it, does not "
+                f"funcopt's {kernel} CPU kernel, as this machine's compiler built it, does not "
                 f"round like XLA, so {what} uses the XLA path (same numbers, slower).",
-                RuntimeWarning, stacklevel=5,
+                RuntimeWarning, stacklevel=stacklevel,
             )
             return False
     return True
+
+
+def _agrees(kernel_step, what) -> bool:
+    """:func:`agrees` for adamw's kernels, with decay on and off."""
+    return agrees(_check_rules(), _xla_reference(), kernel_step, "adamw", what, stacklevel=6)
 
 
 def kernel_available() -> bool:

@@ -13,7 +13,13 @@ import optax
 
 from funcopt import _core, _kernels
 from funcopt._adam_torch import AdamTorch
-from funcopt._fused_adamw import FusedOptimizer, _unsharded, _xla_step, awkward_problem
+from funcopt._fused_adamw import (
+    FusedOptimizer,
+    _unsharded,
+    _xla_step,
+    agrees,
+    xla_reference,
+)
 from funcopt._kernels import _direct
 from funcopt._numerics import f32, is_static
 from funcopt._torch_ops import complement, scalar
@@ -258,32 +264,11 @@ def _check_rules() -> list[AdamTorch]:
 
 @functools.cache
 def _xla_reference() -> tuple:
-    params, grads = awkward_problem()
-    out = []
-    for r in _check_rules():
-        xla, step_fn = (params, _core.init(r, params)), jax.jit(functools.partial(_xla_step, r))
-        for _ in range(2):
-            xla = step_fn(grads, xla[1], xla[0])
-        out.append([np.asarray(x) for x in jax.tree.leaves(xla)])
-    return tuple(out)
+    return xla_reference(_check_rules())
 
 
 def _agrees(kernel_step, what) -> bool:
-    """Whether ``kernel_step(rule)(grads, state, params)`` gives the XLA path's bits on
-    :func:`funcopt._fused_adamw.awkward_problem` (subnormals, signed zeros, overflow; two
-    steps) for AdamW, AdamW with amsgrad and maximize, and Adam (L2, masked, the other lerp
-    branch); warns if not."""
-    params, grads = awkward_problem()
-    for r, xla in zip(_check_rules(), _xla_reference(), strict=True):
-        ours = (params, _core.init(r, params))
-        for _ in range(2):
-            ours = kernel_step(r)(grads, ours[1], ours[0])
-        pairs = zip(jax.tree.leaves(ours), xla, strict=True)
-        if not all(np.array_equal(a, b, equal_nan=True) for a, b in pairs):
-            import warnings
-            warnings.warn(
-                "funcopt's adamw_torch CPU kernel, as this machine's compiler built it, does "
-                f"not round like XLA, so {what} uses the XLA path (same numbers, slower).",
-                RuntimeWarning, stacklevel=5)
-            return False
-    return True
+    """:func:`funcopt._fused_adamw.agrees` for adamw_torch's kernels: AdamW, AdamW with
+    amsgrad and maximize, and Adam (L2, masked, the other lerp branch)."""
+    return agrees(_check_rules(), _xla_reference(), kernel_step, "adamw_torch", what,
+                  stacklevel=6)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,7 @@ import numpy as np
 import optax
 
 from funcopt import _core, _kernels
-from funcopt._fused_adamw import _xla_step, awkward_problem
+from funcopt._fused_adamw import agrees, xla_reference
 from funcopt._kernels import _direct
 from funcopt._numerics import f32
 from funcopt._sgd import SGD
@@ -104,18 +103,6 @@ def _check_rules() -> list[SGD]:
 def _agrees(entry) -> bool:
     """Whether the direct entry point gives the XLA path's bits on the awkward problem
     (subnormals, signed zeros, overflow; the first step and the next); warns if not."""
-    params, grads = awkward_problem()
-    for rule in _check_rules():
-        ours = xla = (params, _core.init(rule, params))
-        step = jax.jit(functools.partial(_xla_step, rule))
-        for _ in range(2):
-            ours = _numpy_step(entry, rule, grads, ours[1], ours[0])
-            xla = step(grads, xla[1], xla[0])
-        pairs = zip(jax.tree.leaves(ours), jax.tree.leaves(xla), strict=True)
-        if not all(np.array_equal(a, b, equal_nan=True) for a, b in pairs):
-            warnings.warn(
-                "funcopt's sgd CPU kernel, as this machine's compiler built it, does not round "
-                "like XLA, so funcopt.torch's SGD uses the XLA path (same numbers, slower).",
-                RuntimeWarning, stacklevel=4)
-            return False
-    return True
+    rules = _check_rules()
+    return agrees(rules, xla_reference(rules), lambda rule: functools.partial(
+        _numpy_step, entry, rule), "sgd", "funcopt.torch's SGD", stacklevel=5)
