@@ -16,9 +16,10 @@ square gradients, and on wide ones (rows < columns) MKL's path flips about a thi
 vectors, in a pattern no rule on the matrix reproduces. Two ways to exactness:
 
 * ``svd``: the function that factors the gradient (default ``jnp.linalg.svd(a,
-  full_matrices=False)``). A ``jax.pure_callback`` to ``torch.linalg.svd`` gives
-  galore-torch's own projections, and the rest of GaLore is then equal to it to float32
-  round-off (tested to 1e-6).
+  full_matrices=False)``). :func:`funcopt.torch.torch_svd` (``torch.linalg.svd`` through a
+  ``jax.pure_callback``; ``funcopt.torch.Optimizer``'s default) gives galore-torch's own
+  projections, and the rest of GaLore is then equal to it to float32 round-off (tested to
+  1e-6, through re-projections).
 * the state fields ``ortho_left``/``ortho_right`` hold the projection in use (the
   reference's ``state["projector"].ortho_matrix``); one copied in from the reference is used
   until the next recomputation step.

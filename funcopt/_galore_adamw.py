@@ -100,7 +100,8 @@ def galore_adamw(
       mask: the target leaves: a pytree of bools like the params, a callable ``params ->
         it``, or None for every 2-D leaf. Targets must be 2-D.
       svd: ``a -> (u, s, vh)`` with reduced shapes, the SVD that recomputes the projection
-        (default ``jnp.linalg.svd(a, full_matrices=False)``).
+        (default ``jnp.linalg.svd(a, full_matrices=False)``; :func:`funcopt.torch.torch_svd`
+        gives galore-torch's own projections, signs included).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, funcopt

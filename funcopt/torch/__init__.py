@@ -13,6 +13,8 @@ Import it explicitly (``import funcopt.torch``); ``import funcopt`` does not nee
   ``SGD``, ``Adagrad``, ``RMSprop``, bitsandbytes', schedulefree's, ``grokadamw``'s,
   optimi's ``StableAdamW``, galore-torch's classes, and the classes here) and the matching
   JAX transformation, so a run continues in the other framework with the same numbers.
+* :func:`torch_svd`: torch's SVD as a JAX function, for GaLore's projections exactly as
+  galore-torch computes them (``funcopt.galore_adamw(..., svd=funcopt.torch.torch_svd)``).
 """
 
 # The Trainer's menu: each module registers its optimizers' reference classes on import.
@@ -28,6 +30,7 @@ from funcopt.torch._optimizer import Optimizer as Optimizer
 from funcopt.torch._schedule_free import AdamWScheduleFree as AdamWScheduleFree
 from funcopt.torch._schedule_free import RAdamScheduleFree as RAdamScheduleFree
 from funcopt.torch._schedule_free import SGDScheduleFree as SGDScheduleFree
+from funcopt.torch._svd import torch_svd as torch_svd
 
 __all__ = ["Adafactor", "AdamW", "AdamWScheduleFree", "Optimizer", "RAdamScheduleFree",
-           "SGDScheduleFree", "state_from_torch", "state_to_torch"]
+           "SGDScheduleFree", "state_from_torch", "state_to_torch", "torch_svd"]

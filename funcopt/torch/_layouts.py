@@ -50,6 +50,9 @@ the reference class (matched by module and class name, subclasses included) and 
   nesting); ``normalize(state_dict) -> state_dict``: a reference's whole state dict in
   torch's standard form (GrokAdamW keeps its state in ``param_groups[i]["state"]``).
   ``funcopt.torch.Optimizer.load_state_dict`` and the converters read references through both.
+* ``defaults``: keyword defaults ``funcopt.torch.Optimizer`` uses instead of the optimizer
+  function's (GaLore's ``svd``: torch's own, so that a torch run re-projects as
+  galore-torch does).
 * ``Reference``: ``where(optimizer)`` narrows a class to some configurations (torch's
   ``AdamW(fused=True)`` -> ``funcopt.adamw_torch_fused``; bitsandbytes' ``optim_bits``),
   ``settings(optimizer)`` adds optimizer-level settings under each group for ``config``
@@ -195,6 +198,7 @@ class Layout:
     references: tuple[Reference, ...] = ()
     flatten: Callable | None = None  # (a reference's per-parameter state, p) -> by layout key
     normalize: Callable | None = None  # a reference's state dict -> torch's standard form
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # Optimizer's own
 
     @property
     def groups(self) -> dict[str, GroupKey]:

@@ -13,7 +13,8 @@
 * galore-torch keeps a ``GaLoreProjector`` object per target parameter (``projector``): its
   ``ortho_matrix`` is the funcopt state's ``ortho_left``/``ortho_right``. A param group with
   ``rank`` is a GaLore group (all its parameters targets), as in galore-torch; the
-  ``Optimizer`` takes the rule's own targets (every 2-D parameter, its ``mask`` default).
+  ``Optimizer`` takes the rule's own targets (every 2-D parameter, its ``mask`` default)
+  and re-projects with torch's SVD (:func:`funcopt.torch.torch_svd`), as galore-torch.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import funcopt
 from funcopt import _galore
 from funcopt.torch._layouts import GroupKey, Layout, Reference
 from funcopt.torch._registry import adafactor_lr, hf_adafactor_reference_config, register
+from funcopt.torch._svd import torch_svd
 
 __all__ = ["GROKADAMW", "STABLE_ADAMW", "GALORE_ADAMW", "GALORE_ADAFACTOR"]
 
@@ -177,7 +179,7 @@ def galore_projector(state, p, group):
 def _galore_layout(fn, state_type, keys, config, module, name, **extra):
     return register(Layout(
         fn, state_type, keys={**keys, "ortho_left": "ortho_left", "ortho_right": "ortho_right"},
-        flatten=galore_flatten,
+        flatten=galore_flatten, defaults={"svd": torch_svd},
         references=(Reference(f"galore_torch.{module}", name, config,
                               to_reference=galore_projector,
                               label=f"galore_torch.GaLore{name}"),), **extra))

@@ -22,7 +22,8 @@ class Optimizer(torch.optim.Optimizer):
     keyword arguments, except that the learning rate is ``lr`` (the group key torch LR
     schedulers drive) and ``mask`` is replaced by param groups (give the parameters that must
     not decay a group with ``weight_decay=0.0``). Unset hyperparameters take
-    ``optimizer_fn``'s defaults, and every param group may override any of them.
+    ``optimizer_fn``'s defaults (but GaLore's ``svd``: :func:`funcopt.torch.torch_svd`,
+    galore-torch's own projections), and every param group may override any of them.
 
     Each ``step()`` runs, for every param group, one jitted call of ``optimizer_fn``'s update
     on all the group's parameters that have a gradient, and updates the parameters in place
@@ -111,7 +112,8 @@ class Optimizer(torch.optim.Optimizer):
             )
         self._names = names
         defaults = {"lr": hyperparams.get("lr", signature["learning_rate"].default)}
-        defaults.update({n: hyperparams.get(n, signature[n].default) for n in names})
+        own = self._layout.defaults
+        defaults.update({n: hyperparams.get(n, own.get(n, signature[n].default)) for n in names})
         return defaults
 
     @property

@@ -19,6 +19,7 @@ from menu_parity import bitwise, problem, report, run_funcopt, run_reference, wo
 from parity import SHAPES, as_np
 
 import funcopt
+import funcopt.torch
 
 torch = reference("torch")
 galore_torch = reference("galore_torch")
@@ -29,17 +30,7 @@ OTHERS = SHAPES + [(5, 3)]  # 0-D .. 4-D, and a 2-D leaf that is not a target
 TALL = [(8, 5), (7, 3), (6, 6)]
 
 
-def torch_svd(a):
-    """galore-torch's own SVD (torch.linalg.svd, float32) called from JAX."""
-    (m, n), k = a.shape, min(a.shape)
-
-    def host(x):
-        u, s, vh = torch.linalg.svd(torch.from_numpy(np.array(x)), full_matrices=False)
-        return u.numpy(), s.numpy(), vh.numpy()
-
-    shapes = (jax.ShapeDtypeStruct((m, k), jnp.float32), jax.ShapeDtypeStruct((k,), jnp.float32),
-              jax.ShapeDtypeStruct((k, n), jnp.float32))
-    return jax.pure_callback(host, shapes, a)
+torch_svd = funcopt.torch.torch_svd  # galore-torch's own SVD (torch.linalg.svd) from JAX
 
 
 def jax_svd_torch_signs(a):
