@@ -1,6 +1,7 @@
 """funcopt's torch optimizers against the torch optimizers they replace, in a plain process.
 
-``python -m benchmarks.torch_bridge [--rounds 30] [--budget 60] [--only adamw,adafactor,...]``
+``python -m benchmarks.torch_bridge [--rounds 30] [--budget 60] [--menu-budget S]
+[--only adamw,adafactor,...]``
 
 The issue-15 setup: ~12.6M float32 parameters in 40 GPT-2-shaped tensors (token and position
 embeddings, three blocks of layer norms and qkv/proj/fc/fc_proj weights and biases, a final
@@ -14,8 +15,21 @@ Pairs (funcopt / reference, goal): ``funcopt.torch.AdamW`` / ``torch.optim.AdamW
 (<= 1.1) and / ``transformers.AdamW`` (<= 0.5); ``funcopt.torch.Adafactor`` /
 ``transformers.Adafactor`` (<= 0.8); ``funcopt.torch.Optimizer`` running ``funcopt.adamw_torch``
 / ``torch.optim.AdamW(fused=True)``, ``funcopt.sgd`` / ``torch.optim.SGD(foreach=True)`` and
-``funcopt.lion`` / bitsandbytes' 32-bit ``Lion`` (<= 1.2 each). bitsandbytes lives in
-``.venv5``: from another environment the Lion pair runs there, in a subprocess.
+``funcopt.lion`` / bitsandbytes' 32-bit ``Lion`` (<= 1.2 each).
+
+The rest of the Trainer's menu (issue 13, goal <= 1.0: the drop-ins faster than the
+references), one group per Trainer name (:data:`MENU_PAIRS`): ``funcopt.torch.Optimizer``
+running ``funcopt.<name>`` (the schedule-free drop-ins ``AdamWScheduleFree``,
+``SGDScheduleFree``, ``RAdamScheduleFree``) against the class the transformers 5.23 Trainer
+builds for that name, with the kwargs it passes at default TrainingArguments (bitsandbytes'
+32-bit ``AdEMAMix``/``RMSprop`` and 8-bit ``AdamW``/``Lion``/``AdEMAMix``/``RMSprop``,
+schedulefree's classes in train mode, ``GrokAdamW``, optimi's ``StableAdamW``, galore-torch's
+``GaLoreAdamW``/``GaLoreAdafactor`` with the Trainer's rank 128, gap 200, scale 0.25 on every
+2-D tensor). These groups restore each optimizer's own gradients after each step (some
+references overwrite ``p.grad``), warm up 3 steps (5 for RAdam's silent phase) and take
+``--menu-budget`` seconds each. A group whose reference package is missing here
+(:data:`NEEDS`: bitsandbytes, schedulefree, grokadamw, optimi, galore_torch live in
+``.venv5``) runs there, in a subprocess.
 """
 
 from __future__ import annotations
@@ -52,18 +66,22 @@ def shapes() -> list[tuple[int, ...]]:
 # -- the optimizers ---------------------------------------------------------------------
 
 
-def _funcopt(fn_name, **kw):
+def _funcopt(fn_name, groups=None, **kw):
     def make(params):
         import funcopt
         import funcopt.torch
+        params = groups(params) if groups else params
         return funcopt.torch.Optimizer(params, getattr(funcopt, fn_name), lr=LR, **kw)
     return make
 
 
-def _dropin(name, **kw):
+def _dropin(name, train=False, **kw):
     def make(params):
         import funcopt.torch
-        return getattr(funcopt.torch, name)(params, **kw)
+        opt = getattr(funcopt.torch, name)(params, **kw)
+        if train:  # schedule-free: step() raises outside train mode
+            opt.train()
+        return opt
     return make
 
 
@@ -88,6 +106,96 @@ def _bnb_lion(params):
     return bitsandbytes.optim.Lion(params, lr=1e-4, weight_decay=WD, optim_bits=32)
 
 
+# -- the rest of the Trainer's menu (issue 13), each reference class built with the kwargs
+# transformers 5.23's Trainer passes it (``trainer_optimizer.py``) at the default
+# TrainingArguments (adam_beta1/2 0.9/0.999, adam_epsilon 1e-8, warmup_steps 0, no
+# optim_args), learning_rate LR and weight decay WD where the class takes it (the Trainer's
+# decay group). funcopt's side gets the same hyperparameters.
+
+TRAINER_ADAM = dict(betas=(0.9, 0.999), eps=1e-8)
+TRAINER_ADEMAMIX = dict(betas=(0.9, 0.999, 0.9999), alpha=5.0, eps=1e-8)
+FUNCOPT_ADEMAMIX = dict(b1=0.9, b2=0.999, b3=0.9999, alpha=5.0, eps=1e-8, weight_decay=WD)
+TRAINER_SCHEDULE_FREE = dict(weight_decay=WD, weight_lr_power=2.0, r=0.0)
+TRAINER_GROK = dict(alpha_init=0.98, lamb=2.0, gamma=0.1, grokking_signal_decay_rate=0.1,
+                    gradient_clipping=1.0)
+# The Trainer's GaLore defaults; every 2-D tensor is a target (its projection recomputed by an
+# SVD at steps 0, 200, 400, ...: the warm-up's first step, never a timed one).
+GALORE = dict(rank=128, update_proj_gap=200, scale=0.25, proj_type="std")
+
+
+def galore_groups(params) -> list[dict]:
+    """The Trainer's GaLore param groups: the other tensors, then the targets with GALORE."""
+    return [{"params": [p for p in params if p.ndim != 2]},
+            {"params": [p for p in params if p.ndim == 2], **GALORE}]
+
+
+def _reference(module, name, groups=None, train=False, **kw):
+    """``module.name(params, lr=LR, **kw)`` (``module`` dotted, imported when built)."""
+    def make(params):
+        import importlib
+        cls = getattr(importlib.import_module(module), name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # galore-torch's AdamW
+            opt = cls(groups(params) if groups else params, lr=LR, **kw)
+        if train:
+            opt.train()
+        return opt
+    return make
+
+
+MENU_OPTIMIZERS: dict[str, Callable] = {
+    "Optimizer(ademamix)": _funcopt("ademamix", **FUNCOPT_ADEMAMIX),
+    "bnb.AdEMAMix(32-bit)": _reference("bitsandbytes.optim", "AdEMAMix", optim_bits=32,
+                                       is_paged=False, weight_decay=WD, **TRAINER_ADEMAMIX),
+    "Optimizer(rmsprop_bnb)": _funcopt("rmsprop_bnb", weight_decay=WD),
+    "bnb.RMSprop(32-bit)": _reference("bitsandbytes.optim", "RMSprop", optim_bits=32,
+                                      weight_decay=WD),
+    "funcopt.torch.AdamWScheduleFree": _dropin("AdamWScheduleFree", train=True, lr=LR,
+                                               warmup_steps=0, **TRAINER_ADAM,
+                                               **TRAINER_SCHEDULE_FREE),
+    "schedulefree.AdamWScheduleFree": _reference("schedulefree", "AdamWScheduleFree", train=True,
+                                                 warmup_steps=0, **TRAINER_ADAM,
+                                                 **TRAINER_SCHEDULE_FREE),
+    "funcopt.torch.SGDScheduleFree": _dropin("SGDScheduleFree", train=True, lr=LR,
+                                             warmup_steps=0, **TRAINER_SCHEDULE_FREE),
+    "schedulefree.SGDScheduleFree": _reference("schedulefree", "SGDScheduleFree", train=True,
+                                               warmup_steps=0, **TRAINER_SCHEDULE_FREE),
+    "funcopt.torch.RAdamScheduleFree": _dropin("RAdamScheduleFree", train=True, lr=LR,
+                                               **TRAINER_ADAM, **TRAINER_SCHEDULE_FREE),
+    "schedulefree.RAdamScheduleFree": _reference("schedulefree", "RAdamScheduleFree", train=True,
+                                                 **TRAINER_ADAM, **TRAINER_SCHEDULE_FREE),
+    "Optimizer(grokadamw)": _funcopt("grokadamw", weight_decay=WD, **TRAINER_GROK),
+    "grokadamw.GrokAdamW": _reference("grokadamw", "GrokAdamW", weight_decay=WD,
+                                      **TRAINER_GROK),
+    "Optimizer(stable_adamw)": _funcopt("stable_adamw", b1=0.9, b2=0.999, eps=1e-8,
+                                        weight_decay=WD, decouple_lr=False, max_lr=None,
+                                        kahan_sum=None),
+    "optimi.StableAdamW": _reference("optimi", "StableAdamW", weight_decay=WD, decouple_lr=False,
+                                     max_lr=None, kahan_sum=None, **TRAINER_ADAM),
+    "Optimizer(galore_adamw)": _funcopt("galore_adamw", groups=galore_groups),
+    "galore_torch.GaLoreAdamW": _reference("galore_torch", "GaLoreAdamW", groups=galore_groups,
+                                           no_deprecation_warning=True),
+    "Optimizer(galore_adafactor)": _funcopt("galore_adafactor", groups=galore_groups,
+                                            scale_parameter=False, relative_step=False),
+    "galore_torch.GaLoreAdafactor": _reference("galore_torch", "GaLoreAdafactor",
+                                               groups=galore_groups, scale_parameter=False,
+                                               relative_step=False),
+    "Optimizer(adamw_8bit)": _funcopt("adamw_8bit", b1=0.9, b2=0.999, eps=1e-8,
+                                      weight_decay=WD),
+    "bnb.AdamW(8-bit)": _reference("bitsandbytes.optim", "AdamW", optim_bits=8, is_paged=False,
+                                   weight_decay=WD, **TRAINER_ADAM),
+    "Optimizer(lion_8bit)": _funcopt("lion_8bit", b1=0.9, b2=0.999, weight_decay=WD),
+    "bnb.Lion(8-bit)": _reference("bitsandbytes.optim", "Lion", optim_bits=8, is_paged=False,
+                                  betas=(0.9, 0.999), weight_decay=WD),
+    "Optimizer(ademamix_8bit)": _funcopt("ademamix_8bit", **FUNCOPT_ADEMAMIX),
+    "bnb.AdEMAMix(8-bit)": _reference("bitsandbytes.optim", "AdEMAMix", optim_bits=8,
+                                      is_paged=False, weight_decay=WD, **TRAINER_ADEMAMIX),
+    "Optimizer(rmsprop_8bit)": _funcopt("rmsprop_8bit", weight_decay=WD),
+    "bnb.RMSprop(8-bit)": _reference("bitsandbytes.optim", "RMSprop", optim_bits=8,
+                                     weight_decay=WD),
+}
+
+
 HF_ADAMW = dict(lr=LR, betas=(0.9, 0.999), eps=1e-6, weight_decay=WD)
 OPTIMIZERS: dict[str, Callable] = {
     "funcopt.torch.AdamW": _dropin("AdamW", **HF_ADAMW),
@@ -101,6 +209,7 @@ OPTIMIZERS: dict[str, Callable] = {
     "torch.SGD(foreach)": _torch("SGD", momentum=0.9, weight_decay=WD, foreach=True),
     "Optimizer(lion)": _funcopt("lion", weight_decay=WD),
     "bnb.Lion(32-bit)": _bnb_lion,
+    **MENU_OPTIMIZERS,
 }
 
 
@@ -121,6 +230,31 @@ GROUPS = {
     "sgd": [Pair("Optimizer(sgd)", "torch.SGD(foreach)", 1.2)],
     "lion": [Pair("Optimizer(lion)", "bnb.Lion(32-bit)", 1.2)],
 }
+# The rest of the Trainer's menu (issue 13: "on CPU, the torch drop-ins are faster than the
+# reference classes"): group name (the Trainer's) -> (funcopt, reference), goal 1.0.
+MENU_PAIRS = {
+    "ademamix": ("Optimizer(ademamix)", "bnb.AdEMAMix(32-bit)"),
+    "rmsprop_bnb": ("Optimizer(rmsprop_bnb)", "bnb.RMSprop(32-bit)"),
+    "schedule_free_adamw": ("funcopt.torch.AdamWScheduleFree", "schedulefree.AdamWScheduleFree"),
+    "schedule_free_sgd": ("funcopt.torch.SGDScheduleFree", "schedulefree.SGDScheduleFree"),
+    "schedule_free_radam": ("funcopt.torch.RAdamScheduleFree", "schedulefree.RAdamScheduleFree"),
+    "grokadamw": ("Optimizer(grokadamw)", "grokadamw.GrokAdamW"),
+    "stable_adamw": ("Optimizer(stable_adamw)", "optimi.StableAdamW"),
+    "galore_adamw": ("Optimizer(galore_adamw)", "galore_torch.GaLoreAdamW"),
+    "galore_adafactor": ("Optimizer(galore_adafactor)", "galore_torch.GaLoreAdafactor"),
+    "adamw_8bit": ("Optimizer(adamw_8bit)", "bnb.AdamW(8-bit)"),
+    "lion_8bit": ("Optimizer(lion_8bit)", "bnb.Lion(8-bit)"),
+    "ademamix_8bit": ("Optimizer(ademamix_8bit)", "bnb.AdEMAMix(8-bit)"),
+    "rmsprop_bnb_8bit": ("Optimizer(rmsprop_8bit)", "bnb.RMSprop(8-bit)"),
+}
+GROUPS.update({g: [Pair(ours, peer, 1.0)] for g, (ours, peer) in MENU_PAIRS.items()})
+# Warm-up steps of the menu's groups (default 3: compilation): schedulefree's RAdam steps with
+# lr 0, skipping its denominator, while rho_t <= 4 (its first 4 steps at b2 = 0.999).
+WARMUP = {"schedule_free_radam": 5}
+# The package each group's reference needs: absent here, the group runs in .venv5.
+NEEDS = {"lion": "bitsandbytes",
+         **{g: peer.split(".")[0].replace("bnb", "bitsandbytes")
+            for g, (_, peer) in MENU_PAIRS.items()}}
 
 
 # -- timing ----------------------------------------------------------------------------------
@@ -136,16 +270,30 @@ def _params(grads, seed):
     return params
 
 
-def time_steps(names, rounds: int, budget: float, warmup: int = 2, seed: int = 0) -> dict:
-    """``{name: [seconds per step, one per round]}``, the optimizers interleaved."""
+def time_steps(names, rounds: int, budget: float, warmup: int = 2, seed: int = 0,
+               fresh: bool = False) -> dict:
+    """``{name: [seconds per step, one per round]}``, the optimizers interleaved.
+
+    ``fresh``: every optimizer gets its own gradients, restored after each of its steps
+    (outside the timer), as a training loop's backward pass would: some references
+    (schedulefree, GrokAdamW's clipping, optimi's foreach path) overwrite ``p.grad``."""
     import torch
 
     gen = torch.Generator().manual_seed(seed + 1)
     grads = [torch.randn(s, generator=gen) * 1e-3 for s in shapes()]
-    opts = {name: OPTIMIZERS[name](_params(grads, seed)) for name in names}
-    for opt in opts.values():
+    params = {name: _params([g.clone() for g in grads] if fresh else grads, seed)
+              for name in names}
+    opts = {name: OPTIMIZERS[name](params[name]) for name in names}
+
+    def restore(name):
+        if fresh:
+            for p, g in zip(params[name], grads, strict=True):
+                p.grad.copy_(g)
+
+    for name, opt in opts.items():
         for _ in range(warmup):
             opt.step()
+            restore(name)
     times = {name: [] for name in names}
     order, rng = list(names), random.Random(seed)
     deadline = time.perf_counter() + budget
@@ -160,6 +308,7 @@ def time_steps(names, rounds: int, budget: float, warmup: int = 2, seed: int = 0
                 start = time.perf_counter()
                 opts[name].step()
                 times[name].append(time.perf_counter() - start)
+                restore(name)
     finally:
         gc.enable()
     return times
@@ -184,12 +333,20 @@ def ratios(times: dict, pairs) -> list[dict]:
     return rows
 
 
-def run_groups(groups, rounds, budget) -> list[dict]:
+def run_groups(groups, rounds, budget, menu_budget=None) -> list[dict]:
+    """The groups' rows, each group timed alone; the menu's groups (:data:`MENU_PAIRS`) with
+    ``menu_budget`` seconds (default ``budget``), :data:`WARMUP` warm-up steps and fresh
+    gradients (:func:`time_steps`)."""
     rows = []
     for group in groups:
         pairs = GROUPS[group]
         names = list(dict.fromkeys(n for p in pairs for n in (p.ours, p.peer)))
-        rows += ratios(time_steps(names, rounds, budget), pairs)
+        if group in MENU_PAIRS:
+            seconds = budget if menu_budget is None else menu_budget
+            times = time_steps(names, rounds, seconds, warmup=WARMUP.get(group, 3), fresh=True)
+        else:
+            times = time_steps(names, rounds, budget)
+        rows += [{**row, "group": group} for row in ratios(times, pairs)]
     return rows
 
 
@@ -198,16 +355,19 @@ def _importable(module) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def run_elsewhere(groups, rounds, budget) -> list[dict]:
-    """The groups that need bitsandbytes, in ``.venv5`` (a subprocess), if it is there."""
+def run_elsewhere(groups, rounds, budget, menu_budget=None) -> list[dict]:
+    """The groups whose reference package (:data:`NEEDS`) is missing here, in ``.venv5`` (a
+    subprocess), if it is there."""
     python = ROOT / ".venv5" / "bin" / "python"
     if not groups or not python.exists():
         return []
     command = [str(python), "-m", "benchmarks.torch_bridge", "--json", "--only",
                ",".join(groups), "--rounds", str(rounds), "--budget", str(budget)]
+    if menu_budget is not None:
+        command += ["--menu-budget", str(menu_budget)]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=900)
+                         timeout=1800)
     if out.returncode != 0:
         print(f"{' '.join(command)} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
         return []
@@ -224,6 +384,10 @@ def table(rows) -> str:
             f"| {r['peer_ms']:.1f}, {r['peer_min_ms']:.1f} | {r['median']:.2f} "
             f"[{r['q1']:.2f}–{r['q3']:.2f}] | {r['min_ratio']:.2f} | {r['of_minima']:.2f} "
             f"| ≤ {r['goal']:g} | {r['met']} |")
+    if any(str(r.get("group", "")).startswith("galore") for r in rows):
+        lines += ["", f"GaLore: rank {GALORE['rank']}, every 2-D tensor a target; the timed "
+                  "steps exclude re-projections (an SVD per target at steps 0, "
+                  f"{GALORE['update_proj_gap']}, ...: only the first warm-up step has one)."]
     return "\n".join(lines)
 
 
@@ -242,6 +406,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--budget", type=float, default=60.0,
                         help="seconds per group after which no round starts (>= 5 rounds)")
+    parser.add_argument("--menu-budget", type=float, default=8.0,
+                        help="the same for the menu's groups (MENU_PAIRS; default 8: "
+                        "make bench's 13 of them take ~3 minutes)")
     parser.add_argument("--only", default=",".join(GROUPS),
                         help=f"comma-separated groups of {list(GROUPS)}")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON only")
@@ -250,9 +417,10 @@ def main(argv=None) -> list[dict]:
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
         raise SystemExit(f"unknown groups {unknown}; choose from {list(GROUPS)}")
-    here = [g for g in groups if g != "lion" or _importable("bitsandbytes")]
-    rows = run_groups(here, args.rounds, args.budget)
-    rows += run_elsewhere([g for g in groups if g not in here], args.rounds, args.budget)
+    here = [g for g in groups if g not in NEEDS or _importable(NEEDS[g])]
+    rows = run_groups(here, args.rounds, args.budget, args.menu_budget)
+    rows += run_elsewhere([g for g in groups if g not in here], args.rounds, args.budget,
+                          args.menu_budget)
     if args.json:
         print(json.dumps(rows))
     else:
