@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from funcopt import _checks, _core, _step_table
+from funcopt import _double_float as df
 from funcopt._numerics import (
     divide,
     f32,
@@ -183,11 +184,13 @@ class StableAdamW(_core.Rule):
                    mask)
 
     def keep(self, lr):
-        """The decay factor ``1 - lr * wd`` (``1 - (lr / max_lr) * wd``), float32."""
-        wd = jnp.asarray(self.weight_decay, f32)
+        """The decay factor ``1 - lr * wd`` (``1 - (lr / max_lr) * wd``) for ``lr`` (a value
+        or a :class:`~funcopt._double_float.DF`), in double-float arithmetic and rounded once
+        to float32, as optimi forms it from Python floats (float64)."""
+        ratio = lr if isinstance(lr, df.DF) else df.of(lr)
         if self.decouple_lr:
-            return 1 - divide(lr, jnp.asarray(self.max_lr, f32)) * wd
-        return 1 - lr * wd
+            ratio = df.div(ratio, df.of(self.max_lr))
+        return df.sub(df.const(1.0), df.mul(ratio, df.of(self.weight_decay))).hi
 
     def scalars(self, count) -> tuple:
         """``(lr, keep, b1_comp, b2_hat, b2_comp)`` for the group step ``count + 1``; ``keep``
@@ -243,5 +246,6 @@ class StableAdamW(_core.Rule):
         ratio = rnd(divide(rnd(g * g), rnd(jnp.maximum(v, eps_sq.astype(f32)))))
         rms = rnd(jnp.sqrt(rnd(divide(jnp.sum(ratio), f32(max(ratio.size, 1))))))
         clipped = rms > 1
-        lr = jnp.where(clipped, divide(lr, jnp.where(clipped, rms, 1)), lr)
-        return lr, jnp.where(clipped, self.keep(lr), keep)
+        exact = self.learning_rate if isinstance(self.learning_rate, int | float) else lr
+        scaled = df.div(df.of(exact), df.of(jnp.where(clipped, rms, 1)))  # optimi's float64
+        return jnp.where(clipped, scaled.hi, lr), jnp.where(clipped, self.keep(scaled), keep)

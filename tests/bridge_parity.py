@@ -52,7 +52,6 @@ class Pair:
     seed: int = 0
     split: Callable | None = None  # params -> (first group, second group); default halves
     grouped: bool = False  # the continuations' reference takes the two groups too (GaLore)
-    optimizer_tol: float | None = None  # the Optimizer's figures, where its float32 lr tells
 
     def problem(self, steps, scale=1.0):
         rng = np.random.default_rng(self.seed)

@@ -90,8 +90,7 @@ def check(pair, bitwise):
     figures = {**continuations(pair, N, M), **optimizer_runs(pair, N, M)}
     report(pair, figures, noise(pair, N + M))
     for what, (dev, exact) in figures.items():
-        tol = TOL if "->" in what or pair.optimizer_tol is None else pair.optimizer_tol
-        assert dev <= tol, f"{pair.name} {what}: {dev:.2e}"
+        assert dev <= TOL, f"{pair.name} {what}: {dev:.2e}"
         if bitwise and "->" in what:  # the continuations through the JAX transformation
             assert exact, f"{pair.name} {what} is not bitwise"
 
@@ -288,12 +287,7 @@ PACKAGES = [
           {"weight_decay": 0.0}),
     _pair("stable_adamw-decouple_lr", funcopt.stable_adamw,
           {**STABLE, "decouple_lr": True, "max_lr": 5e-3},
-          _stable({**STABLE, "decouple_lr": True, "max_lr": 5e-3}), {"eps": 1e-5},
-          # With a traced float32 lr (the Optimizer's), stable_adamw forms its decay factor
-          # 1 - (lr / max_lr) * wd in float32, an ulp off torch's float64 value at some
-          # steps, always in the same direction: 1.2e-6 after 26 steps (reference's own
-          # float32 noise 6.9e-7). Through JAX with a Python float lr it is within 1.5e-7.
-          optimizer_tol=2e-6),
+          _stable({**STABLE, "decouple_lr": True, "max_lr": 5e-3}), {"eps": 1e-5}),
     _pair("stable_adamw-bf16-kahan", funcopt.stable_adamw, STABLE, _stable(STABLE),
           {"weight_decay": 0.0}, dtype="bfloat16"),
     _pair("galore_adamw", funcopt.galore_adamw,
