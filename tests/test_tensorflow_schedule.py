@@ -122,6 +122,31 @@ def test_any_traceable_schedule(ref):
         lam.get_config()
 
 
+# Configs as funcopt saved them before its schedule modules were split by family.
+OLD_CONFIGS = {
+    "linear": {"function": "funcopt._schedules:_linear", "args": [], "keywords": {
+        "learning_rate": 2e-3, "num_warmup_steps": 5, "num_training_steps": 30}},
+    "hard_restarts": {"function": "funcopt._schedules:_hard_restarts", "args": [], "keywords": {
+        "learning_rate": 2e-3, "num_warmup_steps": 5, "num_training_steps": 30,
+        "num_cycles": 3}},
+    "create_optimizer": {"function": "funcopt._tf_schedules:_warmup", "args": [], "keywords": {
+        "initial_learning_rate": 2e-3, "warmup_steps": 5, "power": 1.0,
+        "decay_schedule_fn": {"schedule": {
+            "function": "funcopt._tf_schedules:_polynomial_decay", "args": [], "keywords": {
+                "initial_learning_rate": 2e-3, "decay_steps": 25,
+                "end_learning_rate": 2e-3 * 0.1, "power": 2.0}}}}},
+}
+
+
+@pytest.mark.parametrize("name", list(OLD_CONFIGS))
+def test_configs_saved_before_the_module_split_rebuild(ref, name):
+    _, _, ftf = ref
+    cls = type(ftf.learning_rate_schedule(funcopt.get_constant_schedule(1.0)))
+    rebuilt = cls.from_config({"schedule": OLD_CONFIGS[name]})
+    expected = funcopt_values(schedules()[name])
+    np.testing.assert_array_equal(np.array([rebuilt(s) for s in STEPS], np.float32), expected)
+
+
 def test_errors(ref):
     _, _, ftf = ref
     with pytest.raises(TypeError, match="must be a funcopt schedule"):

@@ -4,7 +4,8 @@ funcopt's schedules are ``functools.partial`` objects of module-level functions 
 with plain arguments (numbers, strings, None, lists, nested schedules). Such a partial is
 described as ``{"function": "module:qualname", "args": [...], "keywords": {...}}``, where a
 nested schedule appears as ``{"schedule": <description>}``. Rebuilding imports only funcopt
-modules, so a config cannot make it run arbitrary code.
+modules, so a config cannot make it run arbitrary code. Descriptions saved before funcopt's
+schedule modules were split by family (``funcopt._schedules:...``) rebuild too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,27 @@ import importlib
 import numbers
 
 __all__ = ["describe", "rebuild"]
+
+
+# Where the schedule functions of descriptions saved by earlier funcopt versions live now
+# (funcopt 0.1's ``_schedules`` and ``_tf_schedules`` were split by family): a saved Keras
+# config keeps rebuilding. Same functions and keywords, other modules.
+_MOVED = {
+    "funcopt._schedules": {
+        "_constant": "funcopt._lambda_schedules_power",
+        "_constant_with_warmup": "funcopt._lambda_schedules_power",
+        "_linear": "funcopt._lambda_schedules_power",
+        "_polynomial": "funcopt._lambda_schedules_power",
+        "_inverse_sqrt": "funcopt._lambda_schedules_power",
+        "_cosine": "funcopt._lambda_schedules_cosine",
+        "_hard_restarts": "funcopt._lambda_schedules_cosine",
+        "_wsd": "funcopt._lambda_schedules_wsd",
+    },
+    "funcopt._tf_schedules": {
+        "_warmup": "funcopt._warmup_decay",
+        "_polynomial_decay": "funcopt._warmup_decay",
+    },
+}
 
 
 class NotDescribable(ValueError):
@@ -79,6 +101,7 @@ def rebuild(description: dict):
             f"Refusing to rebuild a schedule from {module!r}: only funcopt's own schedule "
             "functions are rebuilt from a config."
         )
+    module = _MOVED.get(module, {}).get(qualname, module)
     func = importlib.import_module(module)
     for part in qualname.split("."):
         func = getattr(func, part, None)
