@@ -150,7 +150,10 @@ class Step(NamedTuple):
 
 
 def resolve_mask(mask, params, treedef) -> list[bool]:
-    """One static bool per leaf from a mask pytree (or a callable ``params -> mask``)."""
+    """One static bool per leaf from a mask pytree (or a callable ``params -> mask``); a bool
+    alone holds for every leaf."""
+    if isinstance(mask, bool | np.bool_):
+        return [bool(mask)] * treedef.num_leaves
     tree = mask(params) if callable(mask) else mask
     try:
         flat = treedef.flatten_up_to(tree)

@@ -320,6 +320,26 @@ def test_copies_and_pickles():
     assert torch.equal(weights(model), weights(model_b))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # C kernel, XLA path
+def test_group_mask_false_is_no_decay(dtype):
+    """``mask=False`` on a param group: its parameters do not decay, as weight_decay=0.0."""
+    def run(groups_of):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(5, 3, dtype=dtype)) for _ in range(2)]
+        opt = funcopt.torch.Optimizer(groups_of(params), funcopt.adamw, lr=0.1,
+                                      weight_decay=0.5)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.ones_like(p)
+            opt.step()
+        return params
+    masked = run(lambda ps: [{"params": ps[:1]}, {"params": ps[1:], "mask": False}])
+    plain = run(lambda ps: [{"params": ps[:1]}, {"params": ps[1:], "weight_decay": 0.0}])
+    decayed = run(lambda ps: [{"params": ps}])
+    assert torch.equal(masked[0], plain[0]) and torch.equal(masked[1], plain[1])
+    assert not torch.equal(masked[1], decayed[1])
+
+
 # -- errors --------------------------------------------------------------------------------
 
 
@@ -329,7 +349,7 @@ def test_construction_errors():
         funcopt.torch.Optimizer(params, funcopt.adam_weight_decay)
     with raises(TypeError, "lr=..."):
         funcopt.torch.Optimizer(params, funcopt.adamw, learning_rate=0.1)
-    with raises(TypeError, "weight_decay=0.0"):
+    with raises(TypeError, "param group 0", "mask={'w': True} is invalid", "a bool"):
         funcopt.torch.Optimizer(params, funcopt.adamw, mask={"w": True})
     with raises(TypeError, "beta1", "accepts"):
         funcopt.torch.Optimizer(params, funcopt.adamw, beta1=0.9)

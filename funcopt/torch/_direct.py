@@ -158,10 +158,15 @@ def step(optimizer, params, steps, static, lr) -> list[bool]:
     counts = [n for _, n in chosen]
     coefficients, leaf_scalars = kernel.module.scalars_of(rule)(lr, counts)
     _direct.call(entry[0], pointers, [p.numel() for p, _ in chosen], coefficients,
-                 leaf_scalars, kernel.module.direct_flags(rule, [rule.decays_any()] * len(
-                     chosen)), entry[1], torch.get_num_threads())
+                 leaf_scalars, kernel.module.direct_flags(rule, [_decays(rule)] * len(chosen)),
+                 entry[1], torch.get_num_threads())
     optimizer.direct_stepped(chosen)
     return taken
+
+
+def _decays(rule) -> bool:
+    """Whether a param group's parameters decay (its ``mask``: None or a bool)."""
+    return rule.decays_any() and getattr(rule, "mask", None) is not False
 
 
 @functools.cache

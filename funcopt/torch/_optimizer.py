@@ -20,8 +20,9 @@ class Optimizer(torch.optim.Optimizer):
     ``optimizer_fn`` is a funcopt optimizer with a torch layout (``funcopt.adamw``,
     ``funcopt.adafactor``; see ``funcopt/torch/_registry.py``); ``hyperparams`` are its
     keyword arguments, except that the learning rate is ``lr`` (the group key torch LR
-    schedulers drive) and ``mask`` is replaced by param groups (give the parameters that must
-    not decay a group with ``weight_decay=0.0``). Unset hyperparameters take
+    schedulers drive) and ``mask`` is a bool for a whole param group (None: the optimizer's
+    default; ``mask=False`` on the group of parameters that must not decay, or that are not
+    GaLore targets, as galore-torch's groups without ``rank``). Unset hyperparameters take
     ``optimizer_fn``'s defaults (but GaLore's ``svd``: :func:`funcopt.torch.torch_svd`,
     galore-torch's own projections), and every param group may override any of them.
 
@@ -93,16 +94,11 @@ class Optimizer(torch.optim.Optimizer):
 
     def _defaults(self, optimizer_fn, hyperparams):
         signature = inspect.signature(optimizer_fn).parameters
-        names = [n for n in signature if n not in ("learning_rate", "mask")]
+        names = [n for n in signature if n != "learning_rate"]
         if "learning_rate" in hyperparams:
             raise TypeError(
                 "pass the learning rate as lr=..., the param group key that torch LR "
                 "schedulers drive, not learning_rate=..."
-            )
-        if "mask" in hyperparams:
-            raise TypeError(
-                "mask is not supported by funcopt.torch.Optimizer: put the parameters that "
-                "must not decay in a param group with weight_decay=0.0."
             )
         unknown = sorted(set(hyperparams) - set(names) - {"lr"})
         if unknown:
@@ -135,6 +131,11 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"{where} lacks the hyperparameter {err}.") from None
         if isinstance(config["learning_rate"], torch.Tensor):  # torch allows a tensor lr
             config["learning_rate"] = float(config["learning_rate"])
+        mask = config.get("mask")
+        if mask is not None and not isinstance(mask, bool):
+            raise TypeError(f"{where}: mask={mask!r} is invalid: in a param group it is None "
+                            "(the optimizer's default) or a bool for all of the group's "
+                            "parameters (e.g. mask=False: no weight decay, no GaLore target).")
         try:
             self._optimizer_fn(**config)  # its construction-time checks, with names and values
             _layouts.static_key({k: v for k, v in config.items() if k != "learning_rate"})

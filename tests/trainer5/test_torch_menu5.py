@@ -353,6 +353,46 @@ def test_galore_optimizer_reprojects_with_torchs_svd(name):
     assert devs["jax"] > 1e-4, devs  # the signs do differ on this problem
 
 
+def test_galore_groups_as_the_trainer_makes_them():
+    """The Trainer's GaLore groups: 2-D non-targets (an embedding) in a plain group, targets
+    in a group with ``rank``. funcopt's Optimizer takes ``mask=False`` on the plain group,
+    steps with galore-torch, and maps a galore-torch state dict's rank-less group to it."""
+    import numpy as np
+    from bridge_parity import rel, step_torch, torch_params
+    rng = np.random.default_rng(1)
+    shapes = [(6, 4), (4,), (5, 3), (3, 7)]  # embedding, bias | two targets
+    init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(8)]
+    galore = dict(rank=2, update_proj_gap=3, scale=0.5, proj_type="std")
+
+    def reference_run(params, steps):
+        ref = galore_torch.GaLoreAdamW([{"params": params[:2]}, {"params": params[2:], **galore}],
+                                       lr=1e-2, no_deprecation_warning=True)
+        step_torch(ref, params, steps)
+        return ref
+
+    ref_params = torch_params(init)
+    reference_run(ref_params, grads)
+    params = torch_params(init)
+    opt = funcopt.torch.Optimizer([{"params": params[:2], "mask": False},
+                                   {"params": params[2:]}], funcopt.galore_adamw, lr=1e-2,
+                                  weight_decay=0.0, **galore)
+    step_torch(opt, params, grads)
+    assert set(opt.state[params[0]]) == {"step", "exp_avg", "exp_avg_sq"}  # not projected
+    dev = max(rel(a, b) for a, b in zip(params, ref_params, strict=True))
+    halfway = torch_params(init)
+    ref = reference_run(halfway, grads[:4])
+    loaded = funcopt.torch.Optimizer([{"params": halfway[:2]}, {"params": halfway[2:]}],
+                                     funcopt.galore_adamw, lr=1e-2, weight_decay=0.0, **galore)
+    loaded.load_state_dict(ref.state_dict())
+    assert [g["mask"] for g in loaded.param_groups] == [False, True]
+    step_torch(loaded, halfway, grads[4:])
+    dev_loaded = max(rel(a, b) for a, b in zip(halfway, ref_params, strict=True))
+    print(f"GaLoreAdamW with the Trainer's groups: {dev:.1e}, continued from its state dict "
+          f"{dev_loaded:.1e}")
+    assert dev <= TOL and dev_loaded <= TOL
+
+
 def test_grokadamw_state_dict_by_position_and_its_limit():
     """GrokAdamW's state dict keys its state by tensor inside the param groups: funcopt's
     Optimizer maps it by position, and refuses when a parameter never stepped (the order is
