@@ -11,6 +11,7 @@ import optax
 
 from funcopt import _checks, _core
 from funcopt._bnb32 import as_update, complement, lr_scalars
+from funcopt._in_place import after
 from funcopt._numerics import f32, unfused
 
 __all__ = ["LionState", "lion"]
@@ -121,25 +122,36 @@ class Lion(_core.Rule):
         d = jnp.sign(one_minus_b1 * g + unfused(m * b1))
         return d, one_minus_b2 * g + unfused(m * b2)
 
-    def float32_update(self, scalars, t, g, p, moments, decays) -> tuple:
-        """bitsandbytes' float32 step on float32 arrays: ``(new_p, (new_state1,))``."""
+    def step(self, scalars, d, p, decays):
+        """The new float32 parameter from the direction ``d``: ``p.mul_(1 - lr * wd)`` (if
+        decaying), ``p.add_(d, alpha=-lr)``."""
         neg_lr, keep = scalars
-        d, m = self.direction(g, moments[0])
         if decays:
             p = unfused(p * keep)
-        return p + neg_lr * d, (m,)
+        return p + neg_lr * d
+
+    def float32_update(self, scalars, t, g, p, moments, decays) -> tuple:
+        """bitsandbytes' float32 step on float32 arrays: ``(new_p, (new_state1,))``."""
+        d, m = self.direction(g, moments[0])
+        return self.step(scalars, d, p, decays), (m,)
 
     def update_leaf(self, scalars, g, p, fields, decays):
-        """One leaf's ``(update, (step, state1))``."""
+        """One leaf's ``(update, (step, state1))``.
+
+        The parameter's step needs the old momentum and the new one overwrites it; so that
+        XLA does so in place rather than copying the momentum first (see
+        :mod:`funcopt._in_place`), the direction is written once as bfloat16 (exact: it is
+        +-1, +-0 or NaN), the step reads it, and the momentum's loop waits for it."""
         t, m = fields
         t = optax.safe_increment(t)
-        g32 = g.astype(f32)
+        d, m = self.direction(g.astype(f32), m)
+        d = d.astype(jnp.bfloat16)
+        m = after(m, d)
+        d = d.astype(f32)
         if p is None or (not decays and p.dtype == f32):
             # -lr * sign is exact, so p + it rounds once, like the reference's p.add_ (float32
             # for a bf16 gradient: apply_updates then adds in float32 and rounds to bf16 once
             # more, as the reference's write-back does).
-            d, m = self.direction(g32, m)
             u = scalars[0] * d
             return (u if jnp.finfo(g.dtype).bits < 32 else u.astype(g.dtype)), (t, m)
-        new, (m,) = self.float32_update(scalars, t, g32, p.astype(f32), (m,), decays)
-        return as_update(new, p), (t, m)
+        return as_update(self.step(scalars, d, p.astype(f32), decays), p), (t, m)
