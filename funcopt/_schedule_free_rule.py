@@ -19,6 +19,7 @@ import numpy as np
 
 from funcopt import _core
 from funcopt import _double_float as df
+from funcopt._in_place import after
 from funcopt._numerics import (
     divide,
     f32,
@@ -239,10 +240,10 @@ class ScheduleFree(_core.Rule):
         if self.adaptive:
             v = self.second_moment(g, v, rnd)
         new_y, new_z = self.step(s, g, v, p32, z32, decays, rnd)
-        # y' is NaN wherever z' is (z' = NaN means d or z is, and y' uses both): this select
-        # changes no value but makes y' wait for z', so XLA can overwrite the (donated) params
-        # in place after z' has read them for the decay, instead of first copying them.
-        new_y = jnp.where(jnp.isnan(new_z), new_z, new_y)
+        if decays:
+            # z' reads y for the decay: y' waits for z' (a select never taken, no read), so
+            # XLA overwrites the (donated) params in place instead of first copying them.
+            new_y = after(new_y, new_z)
         v = None if v is None else v.astype(fields[1].dtype)
         # In float32 also for bf16 params: p + (y' - p) then lands on y' (a bf16 update would
         # round); exact wherever y' and p are within a factor 2 (Sterbenz).
