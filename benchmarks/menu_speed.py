@@ -1,12 +1,16 @@
-"""Update-step speed of the Trainer menu's bitsandbytes optimizers against optax's equivalents.
+"""Update-step speed of the Trainer menu's bitsandbytes and schedule-free optimizers vs optax's.
 
-``python -m benchmarks.menu_speed [--params 10_000_000] [--rounds 30]``
+``python -m benchmarks.menu_speed [--params 10_000_000] [--rounds 60] [--noise]``: the
+bitsandbytes pairs (:func:`main`), then the schedule-free pairs (:func:`schedule_free`).
 
 Each optimizer runs ``update`` + ``optax.apply_updates`` as one ``jit`` with the parameters and
 the state donated, on its own copy of a float32 pytree (~10M parameters in a few leaves, plus
 a bias-like small one) with fixed gradients. Rounds step every optimizer once in a shuffled
 order so that both sides of a pair see the same machine load; the ratio printed is the median
-of the per-round ratios funcopt / optax (below 1: funcopt is faster). The pairs compute
+of the per-round ratios funcopt / optax (below 1: funcopt is faster), with the ratio of the
+minima beside it. Every :data:`BLOCK` rounds, each runner moves its arrays to fresh buffers
+(a placement's luck otherwise sticks to one side for the whole run). ``--noise`` adds a pair
+of two identical optax runners (the spread of a ratio that should be 1). The pairs compute
 different numbers (decay order, bias-correction placement), the same amount of work.
 """
 
@@ -22,6 +26,9 @@ import numpy as np
 import optax
 
 import funcopt
+
+#: Rounds between two reallocations of every runner's buffers (:meth:`Runner.reallocate`).
+BLOCK = 5
 
 PAIRS = {
     # name: (funcopt, optax), same hyperparameters
@@ -61,6 +68,14 @@ class Runner:
         self.step = jax.jit(step, donate_argnums=(0, 1))
         self()  # compile and warm up
 
+    def reallocate(self) -> None:
+        """Moves the params and the state to fresh buffers: how the arrays happen to lie in
+        memory (their alignment to each other, the host's pages behind them) makes one copy of
+        a step persistently faster or slower by up to a third on a virtual machine."""
+        self.params, self.state = jax.tree.map(lambda x: jnp.array(x, copy=True),
+                                               (self.params, self.state))
+        jax.block_until_ready((self.params, self.state))
+
     def __call__(self) -> float:
         start = time.perf_counter()
         self.params, self.state = self.step(self.params, self.state, self.grads)
@@ -68,38 +83,53 @@ class Runner:
         return time.perf_counter() - start
 
 
-def main(argv=None) -> dict:
-    """Prints and returns ``{name: (funcopt_ms, optax_ms, ratio)}``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def compare(pairs: dict, argv, title: str) -> dict:
+    """Times every pair of ``pairs`` (``name: (make_funcopt, make_optax)``) as the module
+    says; prints and returns ``{name: (funcopt_ms, optax_ms, ratio)}`` (medians, and the median
+    of the per-round ratios)."""
+    parser = argparse.ArgumentParser(description=title)
     parser.add_argument("--params", type=int, default=10_000_000)
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--noise", action="store_true",
+                        help="also time the first pair's optax side against itself")
     args = parser.parse_args(argv)
+    pairs = dict(pairs)
+    if args.noise:
+        first = next(iter(pairs.values()))[1]
+        pairs["optax vs optax (noise)"] = (first, first)
     params = make_tree(args.params)
     grads = jax.tree.map(jnp.asarray, make_tree(args.params, seed=1))
-    n = sum(x.size for x in params.values())
     runners = {(name, side): Runner(make(), params, grads)
-               for name, pair in PAIRS.items() for side, make in zip(("funcopt", "optax"), pair,
-                                                                       strict=True)}
+               for name, pair in pairs.items()
+               for side, make in zip(("funcopt", "optax"), pair, strict=True)}
     times = {key: [] for key in runners}
     order = list(runners)
-    for _ in range(args.rounds):
+    for i in range(args.rounds):
+        if i % BLOCK == 0 and i:
+            for runner in runners.values():
+                runner.reallocate()
         random.shuffle(order)
         for key in order:
             times[key].append(runners[key]())
-    print(f"update + apply_updates under jit, donated, {n / 1e6:.1f}M float32 parameters, "
-          f"{args.rounds} rounds, {jax.devices()[0].platform}")
+    n = sum(x.size for x in params.values())
+    print(f"{title}: update + apply_updates under jit, donated, {n / 1e6:.1f}M float32 "
+          f"parameters, {args.rounds} rounds, {jax.devices()[0].platform}")
     results = {}
-    for name in PAIRS:
+    width = max(len(name) for name in pairs)
+    for name in pairs:
         ours, theirs = np.array(times[name, "funcopt"]), np.array(times[name, "optax"])
         ratio = float(np.median(ours / theirs))
         results[name] = (1e3 * np.median(ours), 1e3 * np.median(theirs), ratio)
-        print(f"  {name:20s} funcopt {results[name][0]:7.2f} ms   optax {results[name][1]:7.2f} "
-              f"ms   ratio {ratio:.2f}")
+        print(f"  {name:{width}s} funcopt {results[name][0]:7.2f} ms   optax "
+              f"{results[name][1]:7.2f} ms   ratio {ratio:.2f} (of minima "
+              f"{ours.min() / theirs.min():.2f})")
     return results
 
 
-if __name__ == "__main__":
-    main()
+def main(argv=None) -> dict:
+    """The bitsandbytes pairs (:data:`PAIRS`): prints and returns ``{name: (funcopt_ms,
+    optax_ms, ratio)}``."""
+    return compare(PAIRS, argv, "Trainer menu (bitsandbytes) against optax")
 
 
 SCHEDULE_FREE_PAIRS = {
@@ -117,29 +147,9 @@ SCHEDULE_FREE_PAIRS = {
 def schedule_free(argv=None) -> dict:
     """funcopt's schedule-free AdamW/SGD against ``optax.contrib``'s, as :func:`main` measures
     (``python -c "from benchmarks.menu_speed import schedule_free; schedule_free()"``)."""
-    parser = argparse.ArgumentParser(description="schedule-free update-step speed")
-    parser.add_argument("--params", type=int, default=10_000_000)
-    parser.add_argument("--rounds", type=int, default=30)
-    args = parser.parse_args(argv)
-    params = make_tree(args.params)
-    grads = jax.tree.map(jnp.asarray, make_tree(args.params, seed=1))
-    runners = {(name, side): Runner(make(), params, grads)
-               for name, pair in SCHEDULE_FREE_PAIRS.items()
-               for side, make in zip(("funcopt", "optax"), pair, strict=True)}
-    times = {key: [] for key in runners}
-    order = list(runners)
-    for _ in range(args.rounds):
-        random.shuffle(order)
-        for key in order:
-            times[key].append(runners[key]())
-    n = sum(x.size for x in params.values())
-    print(f"schedule-free update + apply_updates under jit, donated, {n / 1e6:.1f}M float32 "
-          f"parameters, {args.rounds} rounds, {jax.devices()[0].platform}")
-    results = {}
-    for name in SCHEDULE_FREE_PAIRS:
-        ours, theirs = np.array(times[name, "funcopt"]), np.array(times[name, "optax"])
-        ratio = float(np.median(ours / theirs))
-        results[name] = (1e3 * np.median(ours), 1e3 * np.median(theirs), ratio)
-        print(f"  {name:36s} funcopt {results[name][0]:7.2f} ms   optax "
-              f"{results[name][1]:7.2f} ms   ratio {ratio:.2f}")
-    return results
+    return compare(SCHEDULE_FREE_PAIRS, argv, "schedule-free against optax.contrib")
+
+
+if __name__ == "__main__":
+    main()
+    schedule_free()

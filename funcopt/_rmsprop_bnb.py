@@ -131,13 +131,17 @@ class RMSpropBnb(_core.Rule):
         ``product + rounded`` below into the reference's fused multiply-add."""
         neg_lr, wd = scalars
         a, one_minus_a = complement(self.alpha)
-        if decays:
-            g = p * wd + g
-        v = (one_minus_a * g) * g + unfused(moments[0] * a)
+        d = p * wd + g if decays else g
+        v = (one_minus_a * d) * d + unfused(moments[0] * a)
         denom = jnp.sqrt(v) + jnp.asarray(self.eps, f32)
         if is_static(self.eps) and self.eps == 0:
             denom = unfused(denom)  # keeps XLA from rewriting g / sqrt(v) as g * rsqrt(v)
-        return neg_lr * (g / denom) + p, (v,)
+        if not decays:
+            return neg_lr * (g / denom) + p, (v,)
+        # The step forms -d from negated operands (the same numbers: each op is sign-symmetric)
+        # and adds lr * (-d / denom): a separate expression, so that XLA computes it in the
+        # parameter's loop rather than writing d to memory for both loops.
+        return -neg_lr * ((-p * wd - g) / denom) + p, (v,)
 
     def update_leaf(self, scalars, g, p, fields, decays):
         """One leaf's ``(update, (step, state1))``."""
