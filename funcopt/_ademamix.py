@@ -15,7 +15,6 @@ import optax
 from funcopt import _checks, _core, _step_table
 from funcopt._bnb32 import as_update, complement, lr_scalars
 from funcopt._numerics import divide, f32, is_static, one_minus_power, unfused
-from funcopt._scalar_divide import divide_by
 
 __all__ = ["AdEMAMixState", "ademamix"]
 
@@ -121,15 +120,14 @@ def _warmup_steps(name, value):
 
 
 class _PerStep(NamedTuple):
-    """The scalars that depend on the leaf's step: ``m2``'s ``(b3, 1 - b3)``, ``alpha``, the
-    bias corrections ``c1 = 1 - b1**t``, ``c2 = sqrt(1 - b2**t)`` and ``RN(1 / c2)``."""
+    """The scalars that depend on the leaf's step: ``m2``'s ``(b3, 1 - b3)``, ``alpha`` and
+    the bias corrections ``c1 = 1 - b1**t``, ``c2 = sqrt(1 - b2**t)``."""
 
     b3: Any
     one_minus_b3: Any
     alpha: Any
     c1: Any
     c2: Any
-    inv_c2: Any
 
 
 def _beta3_at(b1: float, b3: float, t_beta3: int):
@@ -149,16 +147,6 @@ def _correction_table(b: float, root: bool):
     """bitsandbytes' bias correction ``1.0 - b**step`` (``root``: its ``math.sqrt``)."""
     fn = (lambda t: math.sqrt(1.0 - b**t)) if root else (lambda t: 1.0 - b**t)
     return _step_table.until_constant(fn, 1.0)
-
-
-@functools.lru_cache(maxsize=32)
-def _reciprocal_table(b: float):
-    """``RN(1 / c2)`` in float32 for each float32 ``c2`` of :func:`_correction_table`."""
-    table = _correction_table(b, True)
-    with np.errstate(divide="ignore"):
-        values = np.float32(1) / table.values
-    after = None if table.after is None else float(np.float32(1) / np.float32(table.after))
-    return _step_table.StepTable(values, after)
 
 
 @functools.lru_cache(maxsize=32)
@@ -229,13 +217,8 @@ class AdEMAMix(_core.Rule):
 
     def per_step(self, t) -> _PerStep:
         """The step-dependent scalars at the leaf's step ``t`` (int32, >= 1), float32."""
-        c2 = self.correction(self.b2, True, t)
-        if is_static(self.b2):
-            inv_c2 = _step_table.read(_reciprocal_table(self.b2), t, lambda t: 1 / c2)
-        else:
-            inv_c2 = 1 / c2
         return _PerStep(*self.beta3_at(t), self.alpha_at(t), self.correction(self.b1, False, t),
-                        c2, inv_c2)
+                        self.correction(self.b2, True, t))
 
     @staticmethod
     def correction(b, root: bool, t):
@@ -292,10 +275,6 @@ class AdEMAMix(_core.Rule):
             nu.mul_(beta2).addcmul_(g, g, value=1 - beta2)
             p.mul_(1 - lr * wd)                                       # if decaying
             p.add_(((m1 / c1) + (alpha * m2)) / ((nu.sqrt() / c2) + eps), alpha=-lr)
-
-        ``nu.sqrt() / c2`` is the correctly rounded quotient without a division per element
-        (:func:`~funcopt._scalar_divide.divide_by`, with ``1 / c2`` from a table); ``m1 / c1``
-        stays a true division, as ``m1`` can lie outside ``divide_by``'s range.
         """
         neg_lr, keep = scalars
         k = self.per_step(t)
@@ -314,11 +293,9 @@ class AdEMAMix(_core.Rule):
         if decays:
             p = unfused(p * keep)
         mixed = divide(m1, k.c1) + unfused(k.alpha * m2)
-        # sqrt(nu) is 0, NaN, inf or in [2**-63, 2**64] (XLA flushes subnormals), inside
-        # divide_by's exact range for any c2 >= 2**-40.
-        adaptive = divide_by(jnp.sqrt(nu), k.c2, k.inv_c2) + jnp.asarray(self.eps, f32)
+        adaptive = divide(jnp.sqrt(nu), k.c2) + jnp.asarray(self.eps, f32)
         if is_static(self.eps) and self.eps == 0:
-            adaptive = unfused(adaptive)  # keeps the + 0 and the true division below
+            adaptive = unfused(adaptive)  # keeps XLA from rewriting x / (y / c) as x * c / y
         return neg_lr * (mixed / adaptive) + p, (m12, nu)
 
     def update_leaf(self, scalars, g, p, fields, decays):
