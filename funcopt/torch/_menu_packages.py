@@ -125,10 +125,14 @@ STABLE_ADAMW = register(Layout(
 # -- galore-torch <-> funcopt.galore_adamw / galore_adafactor ----------------------------------
 
 def _galore_keys(group) -> dict:
+    """A galore-torch group's GaLore keywords: no targets without ``rank``, else all its
+    parameters (a group that already says, as ``funcopt.torch.Optimizer``'s do, keeps its
+    ``mask``)."""
     if "rank" not in group:  # a plain group: no target
         return {"mask": False}
-    return {"mask": True, "rank": group["rank"], "update_proj_gap": group["update_proj_gap"],
-            "scale": group["scale"], "proj_type": group["proj_type"]}
+    return {"mask": group.get("mask", True), "rank": group["rank"],
+            "update_proj_gap": group["update_proj_gap"], "scale": group["scale"],
+            "proj_type": group["proj_type"]}
 
 
 def galore_adamw_config(group):
