@@ -217,3 +217,15 @@ def report(pair: Pair, figures: dict, noise_figure: float | None) -> str:
             + f"; reference {pair.dtype} vs float64: {beside}")
     print(line)
     return line
+
+
+def check(pair: Pair, bitwise: bool, n: int, m: int, tol: float) -> None:
+    """Runs :func:`continuations` and :func:`optimizer_runs` (``n`` steps, then ``m``),
+    prints them beside the reference's noise, and asserts every figure within ``tol`` and,
+    when ``bitwise``, the continuations through the JAX transformation bit for bit."""
+    figures = {**continuations(pair, n, m), **optimizer_runs(pair, n, m)}
+    report(pair, figures, noise(pair, n + m))
+    for what, (dev, exact) in figures.items():
+        assert dev <= tol, f"{pair.name} {what}: {dev:.2e}"
+        if bitwise and "->" in what:  # the continuations through the JAX transformation
+            assert exact, f"{pair.name} {what} is not bitwise"

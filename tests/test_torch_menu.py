@@ -14,7 +14,7 @@ figures are not bitwise: it hands the group's ``lr`` to the jitted update as a t
 
 import numpy as np
 import pytest
-from bridge_parity import Pair, continuations, noise, optimizer_runs, report
+from bridge_parity import Pair, check
 from conftest import reference
 from torch_model import raises
 
@@ -90,12 +90,7 @@ PAIRS = [
 
 @pytest.mark.parametrize(("pair", "bitwise"), PAIRS)
 def test_continuations_and_optimizer_match_the_reference(pair, bitwise):
-    figures = {**continuations(pair, N, M), **optimizer_runs(pair, N, M)}
-    report(pair, figures, noise(pair, N + M))
-    for what, (dev, exact) in figures.items():
-        assert dev <= TOL, f"{pair.name} {what}: {dev:.2e}"
-        if bitwise and "->" in what:  # the continuations through the JAX transformation
-            assert exact, f"{pair.name} {what} is not bitwise"
+    check(pair, bitwise, N, M, TOL)
 
 
 def test_reference_classes_pick_the_function():

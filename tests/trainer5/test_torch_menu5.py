@@ -12,8 +12,9 @@ the jitted update as a traced float32, so step scalars the rules take from torch
 arithmetic for a Python ``learning_rate`` are float32 there (see ``tests/test_torch_menu.py``).
 """
 
+import bridge_parity
 import pytest
-from bridge_parity import Pair, continuations, noise, optimizer_runs, report
+from bridge_parity import Pair
 from conftest import reference
 
 import funcopt
@@ -87,12 +88,7 @@ BNB8 = [
 
 
 def check(pair, bitwise):
-    figures = {**continuations(pair, N, M), **optimizer_runs(pair, N, M)}
-    report(pair, figures, noise(pair, N + M))
-    for what, (dev, exact) in figures.items():
-        assert dev <= TOL, f"{pair.name} {what}: {dev:.2e}"
-        if bitwise and "->" in what:  # the continuations through the JAX transformation
-            assert exact, f"{pair.name} {what} is not bitwise"
+    bridge_parity.check(pair, bitwise, N, M, TOL)
 
 
 @pytest.mark.parametrize(("pair", "bitwise"), BNB32)
