@@ -22,7 +22,7 @@ from funcopt._numerics import (
     unfused,
 )
 
-__all__ = ["StableAdamWState", "stable_adamw"]
+__all__ = ["StableAdamWState", "stable_adamw", "second_moment"]
 
 _LOW = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
@@ -144,6 +144,12 @@ def lerp(start, end, weight):
     return coeff * (end - start) + jnp.where(small, start, end)
 
 
+def second_moment(g, v, b2_hat, b2_comp, rnd):
+    """optimi's ``exp_avg_sq.mul_(b2_hat).addcmul_(g, g, value=b2_comp)`` for a float32 ``g``:
+    ``fma(b2_comp * g, g, round(v * b2_hat))`` (XLA contracts the sum), rounded by ``rnd``."""
+    return rnd((b2_comp * g) * g + rnd(unfused(v.astype(f32) * b2_hat)))
+
+
 @dataclasses.dataclass(frozen=True)
 class StableAdamW(_core.Rule):
     """stable_adamw's validated hyperparameters and leaf functions."""
@@ -222,7 +228,7 @@ class StableAdamW(_core.Rule):
         rnd = rounder(dtype)
         g = g.astype(f32)
         m = rnd(lerp(m.astype(f32), g, b1_comp))
-        v = rnd((b2_comp * g) * g + rnd(unfused(v.astype(f32) * b2_hat)))
+        v = second_moment(g, v, b2_hat, b2_comp, rnd)
         lr, keep = self.stabilized(lr, keep, g, v, eps_sq, rnd)
         denom = rnd(rnd(jnp.sqrt(v)) + f32(self.eps))
         if is_static(self.eps) and self.eps == 0:

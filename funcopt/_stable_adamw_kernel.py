@@ -1,0 +1,161 @@
+"""``funcopt.stable_adamw``'s step as one pass on raw float32 memory
+(``funcopt/_kernels/stable_adamw.cc``): funcopt.torch's in-place path for
+``optimi.StableAdamW``, bitwise the XLA path.
+
+StableAdamW clips each tensor's learning rate by an RMS over the whole tensor,
+
+.. math::
+    \\eta' = \\eta / \\max\\!\\big(1, \\sqrt{\\mathrm{mean}(g^2 / \\max(v', \\epsilon^2))}\\big),
+
+a float32 sum whose rounding depends on its order. The kernel does not form it: the leaf
+scalars ``(eta', keep')`` (the clipped learning rate and decay factor) come from the rule's
+own JAX code, jitted over read-only views of the gradients and second moments (XLA's
+summation order, the XLA path's bits); the kernel then makes the one elementwise pass that
+reads ``p, g, m, v`` and writes ``p, m, v`` in place. :func:`direct_entry` checks the pair bit
+for bit against the jitted XLA update + ``apply_updates`` before first use (clipped and
+unclipped leaves, decay on and off, ``decouple_lr``, both branches of torch's ``lerp``) and
+refuses the kernel, with a warning, if this machine's compiler made it round otherwise.
+
+>>> import numpy as np
+>>> from funcopt._stable_adamw import StableAdamW
+>>> rule = StableAdamW.validated(np.float32(1e-2), 0.9, 0.99, 0.0, 1e-6, False, None, None,
+...                              None)
+>>> c, leaf = direct_scalars(rule)(np.float32(1e-2), 0, [np.full(4, 3.0, np.float32)],
+...                                [np.zeros(4, np.float32)], np.float32([1e-12]))
+>>> c.shape, leaf.shape  # (b1_comp, b2_hat, b2_comp, eps); (lr, keep) per leaf
+((4,), (1, 2))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from funcopt import _core, _kernels
+from funcopt._kernels import _direct
+from funcopt._numerics import f32
+from funcopt._stable_adamw import StableAdamW, second_moment
+
+__all__ = ["direct_entry", "direct_flags", "direct_scalars", "WIDTH"]
+
+#: Pointers per leaf: (p, g, m, v).
+WIDTH = 4
+
+
+def _same(x):
+    return x
+
+
+@functools.lru_cache(maxsize=64)
+def direct_scalars(rule: StableAdamW):
+    """Jitted ``(lr, count, grads, exp_avg_sqs, eps_sqs) -> (coefficients, leaf_scalars)``
+    for ``rule`` with its learning rate replaced by ``lr`` (float32), at the group's update
+    count ``count`` (before this update), for float32 leaves: ``coefficients`` =
+    ``(b1_comp, b2_hat, b2_comp, eps)``, ``leaf_scalars`` ``(L, 2)`` = each leaf's clipped
+    ``(lr, keep)`` from the new second moment, as :meth:`StableAdamW.update_leaf` forms them
+    (the gradients and moments are only read)."""
+
+    def scalars(lr, count, grads, exp_avg_sqs, eps_sqs):
+        r = dataclasses.replace(rule, learning_rate=lr)
+        lr, keep, b1_comp, b2_hat, b2_comp = r.scalars(jnp.asarray(count, jnp.int32))
+        rows = [jnp.stack(r.stabilized(lr, keep, g, second_moment(g, v, b2_hat, b2_comp, _same),
+                                       eps_sqs[i], _same))
+                for i, (g, v) in enumerate(zip(grads, exp_avg_sqs, strict=True))]
+        coefficients = jnp.stack([jnp.asarray(x, f32) for x in (b1_comp, b2_hat, b2_comp,
+                                                                 np.float32(rule.eps))])
+        return coefficients, jnp.stack(rows) if rows else jnp.zeros((0, 2), f32)
+
+    fn = jax.jit(scalars)
+    return lambda *args: tuple(np.asarray(x) for x in fn(*args))
+
+
+def direct_flags(rule: StableAdamW, decays) -> np.ndarray:
+    """The direct entry point's per-leaf flags: 1 where a leaf decays."""
+    return np.array([bool(d) and rule.decays_any() for d in decays], np.uint8)
+
+
+@functools.cache
+def direct_entry():
+    """``(function, fp_control)`` of ``funcopt_stable_adamw_f32`` (pointers ``(p, g, exp_avg,
+    exp_avg_sq)`` per leaf), checked bit for bit against the XLA path, or ``None``."""
+    fn = _direct.entry_point("stable_adamw", "funcopt_stable_adamw_f32")
+    if fn is None:
+        return None
+    entry = (fn, _kernels.xla_fp_control("stable_adamw"))
+    with jax.ensure_compile_time_eval():
+        return entry if _agrees(entry) else None
+
+
+def numpy_step(entry, rule: StableAdamW, grads, state, params):
+    """The direct entry point on NumPy copies of a JAX problem: JAX ``(params, state)`` as
+    ``rule``'s update + ``apply_updates`` returns them (for the check and the tests)."""
+    plan = _core.prepare(rule, grads, state, params)
+    arrays = [[np.array(x, np.float32) for x in (p, g, m, v)]
+              for g, p, (m, v, _, _), _ in plan.leaves]
+    eps_sq = np.array([np.float32(f[2]) for _, _, f, _ in plan.leaves], np.float32)
+    coefficients, leaf_scalars = direct_scalars(dataclasses.replace(rule, mask=None))(
+        np.float32(rule.learning_rate), int(plan.count), [a[1] for a in arrays],
+        [a[3] for a in arrays], eps_sq)
+    _direct.call(entry[0], [[a.ctypes.data for a in leaf] for leaf in arrays],
+                 [leaf[0].size for leaf in arrays], coefficients, leaf_scalars,
+                 direct_flags(rule, [d for *_, d in plan.leaves]), entry[1], 2)
+    fields = [(jnp.asarray(a[2]), jnp.asarray(a[3]), f[2], f[3])
+              for a, (_, _, f, _) in zip(arrays, plan.leaves, strict=True)]
+    new_state = _core.assemble(rule.State, plan.treedef, optax.safe_increment(plan.count),
+                               fields)
+    return jax.tree.unflatten(plan.treedef, [jnp.asarray(a[0]) for a in arrays]), new_state
+
+
+def check_problem():
+    """``(params, grads by step)``: awkward values (subnormals, signed zeros, huge values)
+    over several kernel blocks, with gradients growing 5x per step so that the RMS clips."""
+    rng = np.random.default_rng(0)
+    scale = np.float32([1.0, 1e-3, 1e-20, 1e-38, 1e-39, 0.0, -0.0, 3e18])
+    params = {"w": rng.standard_normal(2 * 2**16 + 7).astype(np.float32),
+              "b": scale, "c": rng.standard_normal((3, 5)).astype(np.float32)}
+    grads = {k: (v[::-1] * 0.01 if v.ndim == 1 else v * 0.1) for k, v in params.items()}
+    by_step = [{k: jnp.asarray(v * np.float32(5.0 ** t)) for k, v in grads.items()}
+               for t in range(4)]
+    return {k: jnp.asarray(v) for k, v in params.items()}, by_step
+
+
+def check_rules() -> list[StableAdamW]:
+    """Rules as ``funcopt.torch`` builds them (a float32 learning rate, not a Python float):
+    decay on all, on some leaves, off, and ``decouple_lr``."""
+    lr = np.float32(1e-2)
+    make = StableAdamW.validated
+    return [make(lr, 0.9, 0.99, 0.1, 1e-6, False, None, None, None),
+            make(lr, 0.8, 0.999, 0.3, 1e-8, False, None, None,
+                 {"w": True, "b": False, "c": True}),
+            make(lr, 0.9, 0.99, 0.0, 0.0, False, None, None, None),
+            make(lr, 0.95, 0.9, 0.2, 1e-6, True, 0.05, None, None)]
+
+
+def _xla_step(rule, grads, state, params):
+    updates, state = _core.update(rule, grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+
+def _agrees(entry) -> bool:
+    """Whether the kernel gives the XLA path's bits over four steps of each check rule."""
+    params, by_step = check_problem()
+    for rule in check_rules():
+        xla = ours = (params, _core.init(rule, params))
+        step = jax.jit(functools.partial(_xla_step, rule))
+        for grads in by_step:
+            xla = step(grads, xla[1], xla[0])
+            ours = numpy_step(entry, rule, grads, ours[1], ours[0])
+            pairs = zip(jax.tree.leaves(ours), jax.tree.leaves(xla), strict=True)
+            if not all(np.array_equal(a, b, equal_nan=True) for a, b in pairs):
+                warnings.warn(
+                    "funcopt's stable_adamw CPU kernel, as this machine's compiler built it, "
+                    "does not round like XLA, so funcopt.torch's StableAdamW uses the XLA path "
+                    "(same numbers, slower).", RuntimeWarning, stacklevel=4)
+                return False
+    return True
