@@ -2,12 +2,20 @@
 
 For the optimizers that have one (``funcopt.adamw``: ``funcopt/_kernels/adamw.cc``;
 ``funcopt.adamw_torch``, ``adamw_torch_fused`` and ``adam_torch``: ``adamw_torch.cc``;
-``funcopt.sgd``: ``sgd.cc``), the
+``funcopt.sgd``: ``sgd.cc``; ``funcopt.schedule_free_adamw``, ``schedule_free_sgd`` and
+``schedule_free_radam``: ``schedule_free.cc``), the
 float32 CPU parameters of a param group are stepped by one plain C call on the tensors'
 memory: parameters, gradients and the state tensors in ``optimizer.state`` are read and
 written in place, as torch's own optimizers do. No DLPack import, no XLA dispatch, no views
 of new state: only the few step scalars come from a small jitted JAX function (the numbers
 the XLA path computes, so the results are its bits).
+
+Group state (a layout with ``group_keys``: schedule-free's ``k``, ``weight_sum``, ...) must
+step exactly once per step, so a kernel that handles it (``Kernel.group``) takes all of a
+group's stepping parameters or none (one bfloat16 parameter sends the whole group to the XLA
+path); its small jitted function takes the group's values and returns the new ones, which
+update the param group as the XLA path's do. Layouts with group keys and a kernel that does
+not handle them always take the XLA path.
 
 Threads: the kernel runs on the OpenMP runtime torch itself uses (``GOMP_parallel`` of the
 library torch loaded; ``torch.get_num_threads()`` threads), so its threads are torch's and
@@ -24,27 +32,46 @@ import os
 from collections.abc import Callable
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import torch
 
 import funcopt
-from funcopt import _fused_adamw, _fused_adamw_torch, _kernels, _sgd_kernel
+from funcopt import (
+    _fused_adamw,
+    _fused_adamw_torch,
+    _kernels,
+    _schedule_free_kernel,
+    _sgd_kernel,
+)
 from funcopt._kernels import _direct
 from funcopt.torch import _dlpack, _update
 
 __all__ = ["KERNELS", "step"]
 
 
+def _zeros(key, p):
+    return torch.zeros_like(p)
+
+
 class Kernel(NamedTuple):
     """An optimizer's direct kernel: its library, the state keys it updates (in pointer order,
     after the parameter and the gradient) under a rule, the number of pointers per leaf it
     takes (missing ones null), and the kernel module (``funcopt._fused_adamw``-like:
-    ``direct_entry()``, ``scalars_of(rule)``, ``direct_flags(rule, decays)``)."""
+    ``direct_entry()``, ``scalars_of(rule)``, ``direct_flags(rule, decays)``); ``fresh(key,
+    p)`` makes a state tensor at the first step (default zeros); ``group``: whether it
+    handles the layout's group state, the module then giving ``direct_scalars(rule)``:
+    ``(lr, count, group fields) -> (coefficients, new group fields)`` (JAX) instead of
+    ``scalars_of``, and no leaf scalars."""
 
     library: str
     keys: Callable[[object], tuple[str, ...]]
     width: int
     module: object
+    fresh: Callable = _zeros
+    group: bool = False
 
 
 def _adam_keys(rule) -> tuple[str, ...]:
@@ -62,6 +89,12 @@ KERNELS = {
     funcopt.sgd: Kernel("sgd", lambda rule: ("momentum_buffer",) if rule.has_buffer() else (),
                         3, _sgd_kernel),
 }
+_SCHEDULE_FREE = Kernel(
+    "schedule_free", _schedule_free_kernel.keys, _schedule_free_kernel.WIDTH,
+    _schedule_free_kernel, lambda key, p: p.clone() if key == "z" else torch.zeros_like(p),
+    group=True)
+KERNELS.update(dict.fromkeys((funcopt.schedule_free_adamw, funcopt.schedule_free_sgd,
+                              funcopt.schedule_free_radam), _SCHEDULE_FREE))
 
 
 @functools.cache
@@ -130,38 +163,71 @@ def takes(optimizer, params, steps, keys) -> list[bool]:
     return taken
 
 
-def step(optimizer, params, steps, static, lr) -> list[bool]:
-    """Steps the parameters of one param group that the kernel takes (:func:`takes`), in
-    place, at learning rate ``lr`` (float32) under the group's static hyperparameters
-    ``static``; returns which ones it took (the others take the XLA path)."""
+def step(optimizer, group, params, steps, static, lr) -> list[bool]:
+    """Steps the parameters of one param group ``group`` that the kernel takes
+    (:func:`takes`; all or none for a kernel of group state), in place, at learning rate
+    ``lr`` (float32) under the group's static hyperparameters ``static``; returns which ones
+    it took (the others take the XLA path). A kernel of group state updates ``group``'s
+    entries as the XLA path does."""
     fn = optimizer._optimizer_fn
     entry = _entry(fn)
-    if entry is None or lr is None:
+    kernel = KERNELS.get(fn)
+    if entry is None or lr is None or (optimizer.layout.group_keys and not kernel.group):
         return [False] * len(params)
     rule = _update.static_rule(fn, static)
-    kernel = KERNELS[fn]
     keys = kernel.keys(rule)
     taken = takes(optimizer, params, steps, keys)
+    if kernel.group and not all(taken):  # the group state steps once: all on one path
+        return [False] * len(params)
     chosen = [(p, n) for p, n, ok in zip(params, steps, taken, strict=True) if ok]
     if not chosen:
         return taken
+    counts = [n for _, n in chosen]
+    if kernel.group:
+        coefficients, new_group = _group_scalars(fn, optimizer.layout, static)(
+            lr, np.asarray(counts, np.int32), optimizer.layout.group_arrays(group))
+        leaf_scalars = np.zeros((len(chosen), 0), np.float32)
+    else:
+        coefficients, leaf_scalars = kernel.module.scalars_of(rule)(lr, counts)
     state = optimizer.state
     rows = []
     for p, n in chosen:
         s = state[p]
-        if n == 0:  # the first step: zero state, torch-owned, in the reference's order
+        if n == 0:  # the first step: fresh state, torch-owned, in the reference's order
             s["step"] = 0
-            s.update({k: torch.zeros_like(p) for k in keys})
+            s.update({k: kernel.fresh(k, p) for k in keys})
         rows.append([p.data_ptr(), p.grad.data_ptr(), *[s[k].data_ptr() for k in keys]])
     pointers = np.zeros((len(chosen), kernel.width), np.uint64)
     pointers[:, :2 + len(keys)] = rows
-    counts = [n for _, n in chosen]
-    coefficients, leaf_scalars = kernel.module.scalars_of(rule)(lr, counts)
     _direct.call(entry[0], pointers, [p.numel() for p, _ in chosen], coefficients,
                  leaf_scalars, kernel.module.direct_flags(rule, [_decays(rule)] * len(chosen)),
                  entry[1], torch.get_num_threads())
     optimizer.direct_stepped(chosen)
+    if kernel.group:
+        group.update(optimizer.layout.torch_group(jax.device_get(new_group)))
     return taken
+
+
+@functools.lru_cache(maxsize=64)
+def _group_scalars(fn, layout, static: tuple):
+    """The jitted ``(lr, steps, group) -> (coefficients, new_group)`` of a kernel of group
+    state: ``group`` a param group's values as ``layout.group_arrays`` gives them, the count
+    as the XLA path takes it (the group's, e.g. schedule-free's ``k``), ``new_group`` by
+    param-group key as ``layout.from_state`` gives it (``layout.torch_group`` converts)."""
+    rule = _update.static_rule(fn, static)
+    scalars = KERNELS[fn].module.direct_scalars(rule)
+    n = len(rule.group_fields)
+    empty = jax.tree.structure([])
+
+    def group_scalars(lr, steps, group):
+        state = layout.state(rule, empty, jnp.max(steps, initial=0), [], group)
+        coefficients, new_group = scalars(lr, state[0], tuple(state[1:1 + n]))
+        new_state = state._replace(
+            count=optax.safe_increment(state[0]), **dict(zip(rule.group_fields, new_group,
+                                                             strict=True)))
+        return coefficients, layout.from_state(new_state, empty)[2]
+
+    return jax.jit(group_scalars)
 
 
 def _decays(rule) -> bool:

@@ -29,10 +29,12 @@ class Optimizer(torch.optim.Optimizer):
     Each ``step()`` runs, for every param group, one jitted call of ``optimizer_fn``'s update
     on all the group's parameters that have a gradient, and updates the parameters in place
     (storage, views and tied weights are kept). Float32 contiguous CPU parameters of
-    ``funcopt.adamw``, ``adamw_torch``, ``adamw_torch_fused``, ``adam_torch`` and ``sgd`` skip
-    XLA: one C call of funcopt's CPU kernel steps them and their state in place, in torch's
-    memory, with the XLA path's numbers bit for bit (``funcopt/torch/_direct.py``); other
-    parameters get the jitted result copied back.
+    ``funcopt.adamw``, ``adamw_torch``, ``adamw_torch_fused``, ``adam_torch``, ``sgd`` and the
+    three ``schedule_free_*`` skip XLA: one C call of funcopt's CPU kernel steps them and their
+    state in place, in torch's memory, with the XLA path's numbers bit for bit
+    (``funcopt/torch/_direct.py``; for schedule-free, whose param group holds state, only when
+    all the group's stepping parameters qualify); other parameters get the jitted result
+    copied back.
     Parameters whose ``.grad`` is None are skipped exactly as torch skips them: no state is
     created, their step does not advance and no weight decay touches them. Tensors enter JAX
     through DLPack without copies; the state of the jitted path lives in JAX memory that is
@@ -189,9 +191,8 @@ class Optimizer(torch.optim.Optimizer):
         lr = None if lr is None else np.float32(float(lr))
         static = _layouts.static_key({k: v for k, v in config.items() if k != "learning_rate"})
         steps = [self._step_of(p) for p in params]
-        taken = [False] * len(params)
-        if not self._layout.group_keys:  # float32 CPU parameters, in place in one C call
-            taken = _direct.step(self, params, steps, static, lr)
+        # float32 CPU parameters, in place in one C call
+        taken = _direct.step(self, group, params, steps, static, lr)
         rest = [i for i, done in enumerate(taken) if not done]
         if rest:
             self._step_jax(group, [params[i] for i in rest], [steps[i] for i in rest], config,
