@@ -172,3 +172,32 @@ def test_check_rules_cover_every_branch():
     assert all(r.b2 == b2 for r in radams) and 2 / (1 - b2) - 1 - 2 * t * b2**t / (
         1 - b2**t) > 4
     assert any(r.mask is not None and False in r.mask.values() for r in rules)
+
+
+def test_optimizer_mask_false_is_no_decay_on_the_kernel(monkeypatch):
+    """funcopt.torch.Optimizer with a schedule-free rule: a group's ``mask=False`` steps as
+    ``weight_decay=0.0`` (the kernel's no-decay leaves), ``mask=True`` as the decay."""
+    init, grads = problem()
+    init, grads = init[:6], [gs[:6] for gs in grads[:8]]
+    runs = []
+    for groups in ([{"mask": False}, {"mask": True}], [{"weight_decay": 0.0}, {}]):
+        params = [torch.nn.Parameter(p.clone()) for p in init]
+        opt = funcopt.torch.Optimizer(
+            [{"params": params[:3], **groups[0]}, {"params": params[3:], **groups[1]}],
+            funcopt.schedule_free_adamw, lr=0.05, weight_decay=0.2, warmup_steps=2)
+        for gs in grads:
+            for p, g in zip(params, gs, strict=True):
+                p.grad = g
+            opt.step()
+        runs.append(params + [opt.state[p][k] for p in params for k in ("z", "exp_avg_sq")])
+        assert all(p not in opt._jax for p in params) or not HAS_KERNELS  # on the kernel
+    for a, b in zip(*runs, strict=True):
+        assert_same(a, b)
+    decayed = [torch.nn.Parameter(p.clone()) for p in init[:3]]
+    opt = funcopt.torch.Optimizer(decayed, funcopt.schedule_free_adamw, lr=0.05,
+                                  weight_decay=0.2, warmup_steps=2)
+    for gs in grads:
+        for p, g in zip(decayed, gs[:3], strict=True):
+            p.grad = g
+        opt.step()
+    assert not torch.equal(decayed[2], runs[0][2])  # the decay does change the run

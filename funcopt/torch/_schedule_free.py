@@ -29,7 +29,12 @@ class _ScheduleFree(Optimizer):
     ``train()`` back to y (``p.lerp_(z, 1 - beta1)``), with
     :func:`funcopt.schedule_free_eval_params` / :func:`funcopt.schedule_free_train_params`:
     bitwise the reference's lerps. ``scheduled_lr`` (the reference's logging value) is not
-    updated; ``foreach`` is accepted and ignored (the arithmetic is the same)."""
+    updated; ``foreach`` is accepted and ignored (the arithmetic is the same).
+
+    A param group whose stepping parameters are all float32 contiguous CPU tensors is
+    stepped in place by one C call (``funcopt/_kernels/schedule_free.cc``: one pass over y,
+    g, z and exp_avg_sq), its group entries by the rule's own JAX code; otherwise the whole
+    group takes the jitted XLA path. Both give the same bits."""
 
     _beta1_key = "b1"
 
