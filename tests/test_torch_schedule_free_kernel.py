@@ -201,3 +201,37 @@ def test_optimizer_mask_false_is_no_decay_on_the_kernel(monkeypatch):
             p.grad = g
         opt.step()
     assert not torch.equal(decayed[2], runs[0][2])  # the decay does change the run
+
+
+def test_group_alternating_between_kernel_and_xla(monkeypatch):
+    """A bfloat16 parameter with a gradient every third step only: its group alternates
+    between the kernel and the XLA path (state handed over both ways), with the XLA path's
+    bits throughout."""
+    init, grads = problem()
+    init, grads = init[2:6] + init[7:], [gs[2:6] + gs[7:] for gs in grads[:12]]
+
+    calls = []
+
+    def run(kernel):
+        params = [torch.nn.Parameter(p.clone()) for p in init]
+        _schedule_free_kernel.direct_entry()  # its pre-use check calls the kernel too
+        call = _direct._direct.call
+        with monkeypatch.context() as m:
+            if not kernel:
+                m.setattr(_direct, "_entry", lambda fn: None)
+            m.setattr(_direct._direct, "call", lambda *a: (calls.append(kernel), call(*a))[1])
+            opt = funcopt.torch.RAdamScheduleFree(params, lr=0.05, betas=(0.9, 0.9),
+                                                  weight_decay=0.1)
+            opt.train()
+            for i, gs in enumerate(grads):
+                for j, (p, g) in enumerate(zip(params, gs, strict=True)):
+                    p.grad = None if (j == len(params) - 1 and i % 3) else g.clone()
+                opt.step()
+        return params + [opt.state[p][k] for p in params for k in ("z", "exp_avg_sq")], opt
+
+    ours, opt = run(True)
+    theirs, xla = run(False)
+    for a, b in zip(ours, theirs, strict=True):
+        assert_same(a, b)
+    assert opt.param_groups[0]["weight_sum"] == xla.param_groups[0]["weight_sum"]
+    assert calls == [True] * 8 or not HAS_KERNELS  # steps 1, 2, 4, 5, ...: 8 of 12
