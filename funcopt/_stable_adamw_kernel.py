@@ -20,8 +20,8 @@ refuses the kernel, with a warning, if this machine's compiler made it round oth
 >>> from funcopt._stable_adamw import StableAdamW
 >>> rule = StableAdamW.validated(np.float32(1e-2), 0.9, 0.99, 0.0, 1e-6, False, None, None,
 ...                              None)
->>> c, leaf = direct_scalars(rule)(np.float32(1e-2), 0, [np.full(4, 3.0, np.float32)],
-...                                [np.zeros(4, np.float32)], np.float32([1e-12]))
+>>> read = (np.full(4, 3.0, np.float32), np.zeros(4, np.float32), np.float32(1e-12))
+>>> c, group, leaf = direct_scalars(rule)(np.float32(1e-2), 0, (), [read])
 >>> c.shape, leaf.shape  # (b1_comp, b2_hat, b2_comp, eps); (lr, keep) per leaf
 ((4,), (1, 2))
 """
@@ -42,7 +42,7 @@ from funcopt._kernels import _direct
 from funcopt._numerics import f32
 from funcopt._stable_adamw import StableAdamW, second_moment
 
-__all__ = ["direct_entry", "direct_flags", "direct_scalars", "WIDTH"]
+__all__ = ["direct_entry", "direct_flags", "direct_scalars", "numpy_step", "WIDTH"]
 
 #: Pointers per leaf: (p, g, m, v).
 WIDTH = 4
@@ -52,27 +52,30 @@ def _same(x):
     return x
 
 
-@functools.lru_cache(maxsize=64)
 def direct_scalars(rule: StableAdamW):
-    """Jitted ``(lr, count, grads, exp_avg_sqs, eps_sqs) -> (coefficients, leaf_scalars)``
-    for ``rule`` with its learning rate replaced by ``lr`` (float32), at the group's update
-    count ``count`` (before this update), for float32 leaves: ``coefficients`` =
-    ``(b1_comp, b2_hat, b2_comp, eps)``, ``leaf_scalars`` ``(L, 2)`` = each leaf's clipped
-    ``(lr, keep)`` from the new second moment, as :meth:`StableAdamW.update_leaf` forms them
-    (the gradients and moments are only read)."""
+    """``(lr, count, group, reads) -> (coefficients, group, leaf_scalars)`` (JAX) for
+    ``rule`` with its learning rate replaced by ``lr`` (float32), at the group's update count
+    ``count`` (before this update), for float32 leaves given as ``reads``, one ``(grad,
+    exp_avg_sq, eps_sq)`` per leaf (only read): ``coefficients`` = ``(b1_comp, b2_hat,
+    b2_comp, eps)``, ``leaf_scalars`` ``(L, 2)`` = each leaf's clipped ``(lr, keep)`` from the
+    new second moment, as :meth:`StableAdamW.update_leaf` forms them; ``group`` (no group
+    fields: optimi's group step is the count) passes through."""
 
-    def scalars(lr, count, grads, exp_avg_sqs, eps_sqs):
+    def scalars(lr, count, group, reads):
         r = dataclasses.replace(rule, learning_rate=lr)
         lr, keep, b1_comp, b2_hat, b2_comp = r.scalars(jnp.asarray(count, jnp.int32))
         rows = [jnp.stack(r.stabilized(lr, keep, g, second_moment(g, v, b2_hat, b2_comp, _same),
-                                       eps_sqs[i], _same))
-                for i, (g, v) in enumerate(zip(grads, exp_avg_sqs, strict=True))]
+                                       eps_sq, _same)) for g, v, eps_sq in reads]
         coefficients = jnp.stack([jnp.asarray(x, f32) for x in (b1_comp, b2_hat, b2_comp,
                                                                  np.float32(rule.eps))])
-        return coefficients, jnp.stack(rows) if rows else jnp.zeros((0, 2), f32)
+        return coefficients, group, jnp.stack(rows) if rows else jnp.zeros((0, 2), f32)
 
-    fn = jax.jit(scalars)
-    return lambda *args: tuple(np.asarray(x) for x in fn(*args))
+    return scalars
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_scalars(rule: StableAdamW):
+    return jax.jit(direct_scalars(rule))
 
 
 def direct_flags(rule: StableAdamW, decays) -> np.ndarray:
@@ -98,10 +101,10 @@ def numpy_step(entry, rule: StableAdamW, grads, state, params):
     plan = _core.prepare(rule, grads, state, params)
     arrays = [[np.array(x, np.float32) for x in (p, g, m, v)]
               for g, p, (m, v, _, _), _ in plan.leaves]
-    eps_sq = np.array([np.float32(f[2]) for _, _, f, _ in plan.leaves], np.float32)
-    coefficients, leaf_scalars = direct_scalars(dataclasses.replace(rule, mask=None))(
-        np.float32(rule.learning_rate), int(plan.count), [a[1] for a in arrays],
-        [a[3] for a in arrays], eps_sq)
+    reads = [(a[1], a[3], np.asarray(f[2])) for a, (_, _, f, _)
+             in zip(arrays, plan.leaves, strict=True)]
+    coefficients, _, leaf_scalars = _jitted_scalars(dataclasses.replace(rule, mask=None))(
+        np.float32(rule.learning_rate), int(plan.count), (), reads)
     _direct.call(entry[0], [[a.ctypes.data for a in leaf] for leaf in arrays],
                  [leaf[0].size for leaf in arrays], coefficients, leaf_scalars,
                  direct_flags(rule, [d for *_, d in plan.leaves]), entry[1], 2)

@@ -14,7 +14,9 @@ The scalars are the XLA path's own numbers: a kernel module gives a JAX function
 step count before the update as int32), which :class:`Scalars` runs jitted. A few elementwise
 operations on small vectors, which XLA runs inline on the calling thread (no thread pool);
 when every leaf is at the same step and the learning rate did not change, the values for
-the next :data:`AHEAD` steps come from one call.
+the next :data:`AHEAD` steps come from one call. (Kernels of optimizers whose param group
+holds state, schedule-free's and StableAdamW's, form their scalars from that state instead,
+and StableAdamW's from read-only views of the tensors too: ``funcopt/torch/_direct.py``.)
 """
 
 from __future__ import annotations

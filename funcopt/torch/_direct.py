@@ -3,7 +3,8 @@
 For the optimizers that have one (``funcopt.adamw``: ``funcopt/_kernels/adamw.cc``;
 ``funcopt.adamw_torch``, ``adamw_torch_fused`` and ``adam_torch``: ``adamw_torch.cc``;
 ``funcopt.sgd``: ``sgd.cc``; ``funcopt.schedule_free_adamw``, ``schedule_free_sgd`` and
-``schedule_free_radam``: ``schedule_free.cc``), the
+``schedule_free_radam``: ``schedule_free.cc``; ``funcopt.stable_adamw``:
+``stable_adamw.cc``), the
 float32 CPU parameters of a param group are stepped by one plain C call on the tensors'
 memory: parameters, gradients and the state tensors in ``optimizer.state`` are read and
 written in place, as torch's own optimizers do. No DLPack import, no XLA dispatch, no views
@@ -15,7 +16,10 @@ step exactly once per step, so a kernel that handles it (``Kernel.group``) takes
 group's stepping parameters or none (one bfloat16 parameter sends the whole group to the XLA
 path); its small jitted function takes the group's values and returns the new ones, which
 update the param group as the XLA path's do. Layouts with group keys and a kernel that does
-not handle them always take the XLA path.
+not handle them always take the XLA path. A group kernel may also read tensors to form its
+scalars (``Kernel.reads``: StableAdamW's per-tensor RMS, a reduction whose summation order
+is XLA's): the small function then gets read-only DLPack views of them and returns each
+leaf's scalars too.
 
 Threads: the kernel runs on the OpenMP runtime torch itself uses (``GOMP_parallel`` of the
 library torch loaded; ``torch.get_num_threads()`` threads), so its threads are torch's and
@@ -45,6 +49,7 @@ from funcopt import (
     _kernels,
     _schedule_free_kernel,
     _sgd_kernel,
+    _stable_adamw_kernel,
 )
 from funcopt._kernels import _direct
 from funcopt.torch import _dlpack, _update
@@ -52,19 +57,22 @@ from funcopt.torch import _dlpack, _update
 __all__ = ["KERNELS", "step"]
 
 
-def _zeros(key, p):
-    return torch.zeros_like(p)
+def _zeros(rule, keys, p) -> dict:
+    return {k: torch.zeros_like(p) for k in keys}
 
 
 class Kernel(NamedTuple):
     """An optimizer's direct kernel: its library, the state keys it updates (in pointer order,
     after the parameter and the gradient) under a rule, the number of pointers per leaf it
     takes (missing ones null), and the kernel module (``funcopt._fused_adamw``-like:
-    ``direct_entry()``, ``scalars_of(rule)``, ``direct_flags(rule, decays)``); ``fresh(key,
-    p)`` makes a state tensor at the first step (default zeros); ``group``: whether it
-    handles the layout's group state, the module then giving ``direct_scalars(rule)``:
-    ``(lr, count, group fields) -> (coefficients, new group fields)`` (JAX) instead of
-    ``scalars_of``, and no leaf scalars."""
+    ``direct_entry()``, ``scalars_of(rule)``, ``direct_flags(rule, decays)``); ``fresh(rule,
+    keys, p)`` makes a parameter's state at the first step, all its keys in the reference's
+    order (default: zeros for ``keys``); ``group``: whether it handles the layout's group
+    state, the module then giving ``direct_scalars(rule)``: ``(lr, count, group fields) ->
+    (coefficients, new group fields)`` (JAX) instead of ``scalars_of``, and no leaf scalars;
+    ``reads(rule)`` (group kernels): the tensors those scalars read per leaf (``"grad"`` or
+    state keys), then passed as a fourth argument (one tuple per leaf), and
+    ``direct_scalars`` returns ``(coefficients, new group fields, leaf scalars)``."""
 
     library: str
     keys: Callable[[object], tuple[str, ...]]
@@ -72,6 +80,7 @@ class Kernel(NamedTuple):
     module: object
     fresh: Callable = _zeros
     group: bool = False
+    reads: Callable | None = None
 
 
 def _adam_keys(rule) -> tuple[str, ...]:
@@ -91,10 +100,23 @@ KERNELS = {
 }
 _SCHEDULE_FREE = Kernel(
     "schedule_free", _schedule_free_kernel.keys, _schedule_free_kernel.WIDTH,
-    _schedule_free_kernel, lambda key, p: p.clone() if key == "z" else torch.zeros_like(p),
+    _schedule_free_kernel,
+    lambda rule, keys, p: {k: p.clone() if k == "z" else torch.zeros_like(p) for k in keys},
     group=True)
 KERNELS.update(dict.fromkeys((funcopt.schedule_free_adamw, funcopt.schedule_free_sgd,
                               funcopt.schedule_free_radam), _SCHEDULE_FREE))
+
+
+def _stable_fresh(rule, keys, p) -> dict:
+    """optimi's first state: zero moments, ``eps_sq`` (``eps ** 2`` in float64, then
+    float32), no ``kahan_comp`` for a float32 parameter."""
+    return {**_zeros(rule, keys, p), "eps_sq": torch.tensor(rule.eps ** 2, dtype=p.dtype)}
+
+
+KERNELS[funcopt.stable_adamw] = Kernel(
+    "stable_adamw", lambda rule: ("exp_avg", "exp_avg_sq"), _stable_adamw_kernel.WIDTH,
+    _stable_adamw_kernel, _stable_fresh, group=True,
+    reads=lambda rule: ("grad", "exp_avg_sq", "eps_sq"))
 
 
 @functools.cache
@@ -143,12 +165,13 @@ def _fits(t, p) -> bool:
         t.shape == p.shape and t.is_contiguous())
 
 
-def takes(optimizer, params, steps, keys) -> list[bool]:
+def takes(optimizer, params, steps, keys, other=()) -> list[bool]:
     """Which of a param group's stepping ``params`` (``steps``: their step counts so far) the
-    kernel steps, given the state ``keys`` it updates: float32 contiguous CPU parameters with
-    float32 CPU gradients, no other parameter of the group on their storage, and either no
-    state yet or float32 contiguous CPU state tensors of their shape, when the optimizer has
-    a kernel and it is available here."""
+    kernel steps, given the state ``keys`` it updates (and ``other`` state keys its scalars
+    read): float32 contiguous CPU parameters with float32 CPU gradients, no other parameter
+    of the group on their storage, and either no state yet or float32 contiguous CPU state
+    tensors of their shape (``other``: float32 CPU tensors), when the optimizer has a kernel
+    and it is available here."""
     if _entry(optimizer._optimizer_fn) is None:
         return [False] * len(params)
     storages = collections.Counter(p.untyped_storage().data_ptr() for p in params)
@@ -158,7 +181,8 @@ def takes(optimizer, params, steps, keys) -> list[bool]:
         ok = _fits(p, p) and _fits(p.grad, p) and storages[p.untyped_storage().data_ptr()] == 1
         if ok and n:
             s = state[p]
-            ok = all(_fits(s.get(k), p) for k in keys)
+            ok = all(_fits(s.get(k), p) for k in keys) and all(
+                _fits(s.get(k), s.get(k)) for k in other)
         taken.append(ok)
     return taken
 
@@ -176,26 +200,33 @@ def step(optimizer, group, params, steps, static, lr) -> list[bool]:
         return [False] * len(params)
     rule = _update.static_rule(fn, static)
     keys = kernel.keys(rule)
-    taken = takes(optimizer, params, steps, keys)
+    other = [k for k in (kernel.reads(rule) if kernel.reads else ()) if k not in (*keys, "grad")]
+    taken = takes(optimizer, params, steps, keys, other)
     if kernel.group and not all(taken):  # the group state steps once: all on one path
         return [False] * len(params)
     chosen = [(p, n) for p, n, ok in zip(params, steps, taken, strict=True) if ok]
     if not chosen:
         return taken
     counts = [n for _, n in chosen]
+    state = optimizer.state
+    for p, n in chosen:
+        if n == 0:  # the first step: fresh state, torch-owned, in the reference's order
+            state[p]["step"] = 0
+            state[p].update(kernel.fresh(rule, keys, p))
     if kernel.group:
-        coefficients, new_group = _group_scalars(fn, optimizer.layout, static)(
-            lr, np.asarray(counts, np.int32), optimizer.layout.group_arrays(group))
-        leaf_scalars = np.zeros((len(chosen), 0), np.float32)
+        inputs = [lr, np.asarray(counts, np.int32), optimizer.layout.group_arrays(group)]
+        if kernel.reads is not None:
+            inputs.append([tuple(_read(p.grad if k == "grad" else state[p][k])
+                                 for k in kernel.reads(rule)) for p, _ in chosen])
+        out = _group_scalars(fn, optimizer.layout, static)(*inputs)
+        coefficients, new_group = out[:2]
+        leaf_scalars = (np.asarray(out[2]) if kernel.reads is not None
+                        else np.zeros((len(chosen), 0), np.float32))
     else:
         coefficients, leaf_scalars = kernel.module.scalars_of(rule)(lr, counts)
-    state = optimizer.state
     rows = []
-    for p, n in chosen:
+    for p, _ in chosen:
         s = state[p]
-        if n == 0:  # the first step: fresh state, torch-owned, in the reference's order
-            s["step"] = 0
-            s.update({k: kernel.fresh(k, p) for k in keys})
         rows.append([p.data_ptr(), p.grad.data_ptr(), *[s[k].data_ptr() for k in keys]])
     pointers = np.zeros((len(chosen), kernel.width), np.uint64)
     pointers[:, :2 + len(keys)] = rows
@@ -208,24 +239,30 @@ def step(optimizer, group, params, steps, static, lr) -> list[bool]:
     return taken
 
 
+def _read(t):
+    """A tensor a kernel's scalars read: a zero-copy DLPack view, a NumPy copy if 0-d."""
+    return t.numpy() if t.dim() == 0 else _dlpack.to_jax(t)
+
+
 @functools.lru_cache(maxsize=64)
 def _group_scalars(fn, layout, static: tuple):
-    """The jitted ``(lr, steps, group) -> (coefficients, new_group)`` of a kernel of group
-    state: ``group`` a param group's values as ``layout.group_arrays`` gives them, the count
-    as the XLA path takes it (the group's, e.g. schedule-free's ``k``), ``new_group`` by
-    param-group key as ``layout.from_state`` gives it (``layout.torch_group`` converts)."""
+    """The jitted ``(lr, steps, group[, reads]) -> (coefficients, new_group[, leaf
+    scalars])`` of a kernel of group state: ``group`` a param group's values as
+    ``layout.group_arrays`` gives them, the count as the XLA path takes it (the group's, e.g.
+    schedule-free's ``k``), ``new_group`` by param-group key as ``layout.from_state`` gives
+    it (``layout.torch_group`` converts); ``reads`` (``Kernel.reads``) per leaf."""
     rule = _update.static_rule(fn, static)
     scalars = KERNELS[fn].module.direct_scalars(rule)
     n = len(rule.group_fields)
     empty = jax.tree.structure([])
 
-    def group_scalars(lr, steps, group):
+    def group_scalars(lr, steps, group, *reads):
         state = layout.state(rule, empty, jnp.max(steps, initial=0), [], group)
-        coefficients, new_group = scalars(lr, state[0], tuple(state[1:1 + n]))
+        coefficients, new_group, *leaf = scalars(lr, state[0], tuple(state[1:1 + n]), *reads)
         new_state = state._replace(
             count=optax.safe_increment(state[0]), **dict(zip(rule.group_fields, new_group,
                                                              strict=True)))
-        return coefficients, layout.from_state(new_state, empty)[2]
+        return coefficients, layout.from_state(new_state, empty)[2], *leaf
 
     return jax.jit(group_scalars)
 

@@ -29,12 +29,12 @@ class Optimizer(torch.optim.Optimizer):
     Each ``step()`` runs, for every param group, one jitted call of ``optimizer_fn``'s update
     on all the group's parameters that have a gradient, and updates the parameters in place
     (storage, views and tied weights are kept). Float32 contiguous CPU parameters of
-    ``funcopt.adamw``, ``adamw_torch``, ``adamw_torch_fused``, ``adam_torch``, ``sgd`` and the
-    three ``schedule_free_*`` skip XLA: one C call of funcopt's CPU kernel steps them and their
-    state in place, in torch's memory, with the XLA path's numbers bit for bit
-    (``funcopt/torch/_direct.py``; for schedule-free, whose param group holds state, only when
-    all the group's stepping parameters qualify); other parameters get the jitted result
-    copied back.
+    ``funcopt.adamw``, ``adamw_torch``, ``adamw_torch_fused``, ``adam_torch``, ``sgd``, the
+    three ``schedule_free_*`` and ``stable_adamw`` skip XLA: one C call of funcopt's CPU kernel
+    steps them and their state in place, in torch's memory, with the XLA path's numbers bit
+    for bit (``funcopt/torch/_direct.py``; for schedule-free and StableAdamW, whose param
+    group holds state, only when all the group's stepping parameters qualify); other
+    parameters get the jitted result copied back.
     Parameters whose ``.grad`` is None are skipped exactly as torch skips them: no state is
     created, their step does not advance and no weight decay touches them. Tensors enter JAX
     through DLPack without copies; the state of the jitted path lives in JAX memory that is

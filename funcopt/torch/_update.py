@@ -9,8 +9,10 @@ Donation: the state arrays and a scratch array per parameter (the previous step'
 already copied into the torch parameter) are donated, so in steady state XLA writes the new
 state and the new parameters into memory it already owns instead of allocating.
 
-Parameters that an optimizer's CPU kernel can step in place (``funcopt.adamw`` on float32 CPU
-tensors) do not come here: ``funcopt/torch/_direct.py`` steps them.
+Parameters that an optimizer's CPU kernel can step in place (float32 CPU tensors of
+``funcopt.adamw``, ``adamw_torch``, ``adam_torch``, ``sgd``, the three ``schedule_free_*`` and
+``stable_adamw``: ``funcopt/torch/_direct.py``'s ``KERNELS``) do not come here:
+``funcopt/torch/_direct.py`` steps them.
 """
 
 from __future__ import annotations
