@@ -264,7 +264,9 @@ def _group_scalars(fn, layout, static: tuple):
                                                              strict=True)))
         return coefficients, layout.from_state(new_state, empty)[2], *leaf
 
-    return jax.jit(group_scalars)
+    # The XLA path's options: StableAdamW's RMS reduction materializes g^2 / v per leaf, which
+    # the memory-optimized scheduler keeps in reused memory (0.4x the time of fresh pages).
+    return jax.jit(group_scalars, compiler_options=_update.COMPILER_OPTIONS)
 
 
 def _decays(rule) -> bool:
