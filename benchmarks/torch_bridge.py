@@ -103,7 +103,8 @@ def _transformers(name, **kw):
 
 def _bnb_lion(params):
     import bitsandbytes
-    return bitsandbytes.optim.Lion(params, lr=1e-4, weight_decay=WD, optim_bits=32)
+    return bitsandbytes.optim.Lion(params, lr=LR, betas=(0.9, 0.999), weight_decay=WD,
+                                   optim_bits=32)  # as the Trainer builds it (lion_32bit)
 
 
 # -- the rest of the Trainer's menu (issue 13), each reference class built with the kwargs
@@ -207,7 +208,7 @@ OPTIMIZERS: dict[str, Callable] = {
     "Optimizer(adamw_torch)": _funcopt("adamw_torch", weight_decay=WD),
     "Optimizer(sgd)": _funcopt("sgd", momentum=0.9, weight_decay=WD),
     "torch.SGD(foreach)": _torch("SGD", momentum=0.9, weight_decay=WD, foreach=True),
-    "Optimizer(lion)": _funcopt("lion", weight_decay=WD),
+    "Optimizer(lion)": _funcopt("lion", b1=0.9, b2=0.999, weight_decay=WD),
     "bnb.Lion(32-bit)": _bnb_lion,
     **MENU_OPTIMIZERS,
 }
