@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -140,25 +139,10 @@ def check_rules() -> list[StableAdamW]:
             make(lr, 0.95, 0.9, 0.2, 1e-6, True, 0.05, None, None)]
 
 
-def _xla_step(rule, grads, state, params):
-    updates, state = _core.update(rule, grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-
 def _agrees(entry) -> bool:
-    """Whether the kernel gives the XLA path's bits over four steps of each check rule."""
-    params, by_step = check_problem()
-    for rule in check_rules():
-        xla = ours = (params, _core.init(rule, params))
-        step = jax.jit(functools.partial(_xla_step, rule))
-        for grads in by_step:
-            xla = step(grads, xla[1], xla[0])
-            ours = numpy_step(entry, rule, grads, ours[1], ours[0])
-            pairs = zip(jax.tree.leaves(ours), jax.tree.leaves(xla), strict=True)
-            if not all(np.array_equal(a, b, equal_nan=True) for a, b in pairs):
-                warnings.warn(
-                    "funcopt's stable_adamw CPU kernel, as this machine's compiler built it, "
-                    "does not round like XLA, so funcopt.torch's StableAdamW uses the XLA path "
-                    "(same numbers, slower).", RuntimeWarning, stacklevel=4)
-                return False
-    return True
+    """Whether the kernel gives the XLA path's bits after four steps of each check rule."""
+    return _direct.agrees(
+        check_rules(), *check_problem(), functools.partial(numpy_step, entry),
+        "funcopt's stable_adamw CPU kernel, as this machine's compiler built it, does not "
+        "round like XLA, so funcopt.torch's StableAdamW uses the XLA path (same numbers, "
+        "slower).", stacklevel=4)

@@ -20,6 +20,7 @@ import funcopt
 import funcopt.torch
 from funcopt import _core, _kernels
 from funcopt import _stable_adamw_kernel as kernel
+from funcopt._kernels import _direct as _direct_kernels
 from funcopt._stable_adamw import StableAdamW
 from funcopt.torch import _direct
 
@@ -56,17 +57,13 @@ def _rule(cfg, names):
                                  cfg["eps"], decouple, max_lr, None, mask)
 
 
-def _xla_step(rule, grads, state, params):
-    return kernel._xla_step(rule, grads, state, params)
-
-
 @pytest.mark.parametrize("index", range(len(CONFIGS)))
 def test_kernel_is_the_xla_path(index):
     entry = kernel.direct_entry()
     assert entry is not None
     params, grads = _problem(index)
     rule = _rule(CONFIGS[index], list(params))
-    step = jax.jit(functools.partial(_xla_step, rule))
+    step = jax.jit(functools.partial(_direct_kernels.xla_step, rule))
     xla = ours = (params, _core.init(rule, params))
     clipped = 0
     for t, g in enumerate(grads):

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from funcopt import _kernels
+from funcopt import _core, _kernels
 
-__all__ = ["AHEAD", "Scalars", "call", "entry_point"]
+__all__ = ["AHEAD", "Scalars", "call", "entry_point", "xla_step", "agrees"]
 
 AHEAD = 64
 
@@ -91,3 +93,26 @@ class Scalars:
         self._lr = lr
         coefficients, leaf = self._one(lr, steps)
         return np.asarray(coefficients), np.asarray(leaf)
+
+
+def xla_step(rule, grads, state, params):
+    """``rule``'s update + ``apply_updates``: what a direct kernel must reproduce (jit it)."""
+    updates, state = _core.update(rule, grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+
+def agrees(rules, params, grads_by_step, kernel_step, warning: str, stacklevel: int) -> bool:
+    """Whether ``kernel_step(rule, grads, state, params) -> (params, state)`` (a direct entry
+    point run on NumPy copies), run over ``grads_by_step`` from each rule's zero state, ends
+    with the jitted :func:`xla_step`'s bits; warns ``warning`` if not."""
+    for rule in rules:
+        step = jax.jit(functools.partial(xla_step, rule))
+        xla = ours = (params, _core.init(rule, params))
+        for grads in grads_by_step:
+            xla = step(grads, xla[1], xla[0])
+            ours = kernel_step(rule, grads, ours[1], ours[0])
+        pairs = zip(jax.tree.leaves(ours), jax.tree.leaves(xla), strict=True)
+        if not all(np.array_equal(a, b, equal_nan=True) for a, b in pairs):
+            warnings.warn(warning, RuntimeWarning, stacklevel=stacklevel + 1)
+            return False
+    return True
