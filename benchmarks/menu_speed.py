@@ -55,10 +55,13 @@ def make_tree(n_params: int, seed: int = 0) -> dict:
 
 
 class Runner:
-    """A donated, compiled step of one transformation on its own params and state."""
+    """A donated, compiled step of one transformation (or a ``funcopt.FusedOptimizer``'s
+    ``step``) on its own params and state."""
 
     def __init__(self, tx, params_np, grads):
         def step(params, state, grads):
+            if isinstance(tx, funcopt.FusedOptimizer):
+                return tx.step(grads, state, params)
             updates, state = tx.update(grads, state, params)
             return optax.apply_updates(params, updates), state
 
@@ -136,6 +139,8 @@ SCHEDULE_FREE_PAIRS = {
     # name: (funcopt, optax.contrib), same hyperparameters (schedulefree's defaults otherwise)
     "schedule_free_adamw": (lambda: funcopt.schedule_free_adamw(2.5e-3),
                             lambda: optax.contrib.schedule_free_adamw(2.5e-3)),
+    "fused_schedule_free_adamw": (lambda: funcopt.fused_schedule_free_adamw(2.5e-3),
+                                  lambda: optax.contrib.schedule_free_adamw(2.5e-3)),
     "schedule_free_adamw (warmup, decay)": (
         lambda: funcopt.schedule_free_adamw(2.5e-3, warmup_steps=1000, weight_decay=0.01),
         lambda: optax.contrib.schedule_free_adamw(2.5e-3, warmup_steps=1000, weight_decay=0.01)),

@@ -123,17 +123,24 @@ def _xla_step(hyper, grads, state, params):
 
 def step(hyper: AdamW, grads, state, params):
     """The fused step: the kernel on the CPU (float32 leaves), XLA's elsewhere."""
+    return dispatch("fused_adamw", _target, lambda target, *a: _kernel_step(target, hyper, *a),
+                    functools.partial(_xla_step, hyper), grads, state, params)
+
+
+def dispatch(what: str, target, kernel_step, xla_step, grads, state, params):
+    """``kernel_step(target(), grads, state, params)`` where the step runs on the CPU,
+    unsharded (:func:`_unsharded`), with the kernel built and checked (``target()`` not None,
+    asked last: it builds the kernel); ``xla_step(grads, state, params)`` otherwise (lowered
+    for the other platforms through ``jax.lax.platform_dependent``)."""
     if params is None:
-        raise ValueError("fused_adamw's step needs the parameters: step(grads, state, params).")
-    if jax.default_backend() != "cpu" or not _unsharded(params) or _target() is None:
-        return _xla_step(hyper, grads, state, params)
+        raise ValueError(f"{what}'s step needs the parameters: step(grads, state, params).")
+    if jax.default_backend() != "cpu" or not _unsharded(params) or target() is None:
+        return xla_step(grads, state, params)
 
     def cpu_step(grads, state, params):
-        return _kernel_step(_target(), hyper, grads, state, params)
+        return kernel_step(target(), grads, state, params)
 
-    return jax.lax.platform_dependent(
-        grads, state, params, cpu=cpu_step, default=lambda *a: _xla_step(hyper, *a)
-    )
+    return jax.lax.platform_dependent(grads, state, params, cpu=cpu_step, default=xla_step)
 
 
 def _unsharded(params) -> bool:

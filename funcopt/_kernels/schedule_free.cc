@@ -1,11 +1,13 @@
 // schedulefree's AdamWScheduleFree / SGDScheduleFree / RAdamScheduleFree step
-// (`funcopt.schedule_free_adamw` / `_sgd` / `_radam`) as one pass per parameter on raw memory,
-// for funcopt.torch's in-place path: reads y (the parameter), g, z (and exp_avg_sq v), writes
-// y, z (and v): 5 (SGD) or 7 memory accesses per parameter.
+// (`funcopt.schedule_free_adamw` / `_sgd` / `_radam`) as one pass per parameter, in place
+// (funcopt.torch's path on torch tensors; `funcopt.fused_schedule_free_adamw` under XLA):
+// reads y (the parameter), g, z (and exp_avg_sq v), writes y, z (and v): 5 (SGD) or 7 memory
+// accesses per parameter.
 //
 // The rules' float32 arithmetic (funcopt/_schedule_free_rule.py), operation for operation,
 // with std::fma exactly where XLA contracts (bitwise equal to the jitted XLA path +
-// apply_updates, which `funcopt._schedule_free_kernel` checks before first use):
+// apply_updates, which `funcopt._schedule_free_kernel` and `funcopt._fused_schedule_free`
+// check before first use):
 //   v' = fma((1 - b2) * g, g, v * b2)                                  (adaptive: AdamW, RAdam)
 //   d  = g / (sqrt(v' / bc2) + eps) where the step normalizes (AdamW; RAdam once rho_t > 4),
 //        else g;  d = fma(y, wd, d) where the leaf decays
@@ -15,17 +17,26 @@
 // The group-level scalars (lr, ckp1, alpha, bc2: the reference's Python floats rounded once
 // to float32) come from the rule's own `group_step`, computed in JAX.
 //
-// C function funcopt_schedule_free_f32 (parallel.h's direct signature): pointers (y, g, z,
-// v or null) per leaf; coefficients f32[9] = (lr, ckp1, alpha, bc2, b2, 1 - b2, eps, wd,
-// normalize: 1 or 0); flags per leaf: the bits below; no leaf scalars. Returns 1 (nothing
-// done) if an adaptive leaf has no v.
+// Two entry points, the same numbers:
+// * FFI handler FuncoptScheduleFreeF32 (`funcopt.fused_schedule_free_adamw` under jit):
+//   argument `coefficients` f32[9] (below), then per leaf (y, g, z, v), or (y, g, z) for a
+//   leaf without the adaptive flag; results (y', z', v') or (y', z') per leaf, aliasing
+//   (y, z, v) (the call fails otherwise). Attribute `flags`: s64[L], the bits below.
+// * C function funcopt_schedule_free_f32 (parallel.h's direct signature, funcopt.torch):
+//   pointers (y, g, z, v or null) per leaf; coefficients f32[9] = (lr, ckp1, alpha, bc2, b2,
+//   1 - b2, eps, wd, normalize: 1 or 0); flags per leaf: the bits below; no leaf scalars.
+//   Returns 1 (nothing done) if an adaptive leaf has no v.
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
 #include "parallel.h"
+
+namespace ffi = xla::ffi;
 
 namespace {
 
@@ -83,7 +94,82 @@ RangeFn Pick(const Coefficients& c, uint8_t flags) {
   return small ? PickAdaptive<false, true>(c, flags) : PickAdaptive<false, false>(c, flags);
 }
 
+Coefficients CoefficientsOf(const float* k) {
+  return {k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], k[8] != 0};
+}
+
+// Every leaf's Range function, run on the units of one step.
+struct Step {
+  Coefficients c;
+  std::vector<Leaf> leaves;
+  std::vector<RangeFn> ranges;
+
+  void operator()(const funcopt::Unit& u) const {
+    ranges[u.leaf](c, leaves[u.leaf], u.begin, u.end);
+  }
+};
+
+ffi::Error ScheduleFreeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coefficients,
+                            ffi::RemainingArgs args, ffi::RemainingRets rets,
+                            ffi::Span<const int64_t> flags) {
+  if (coefficients.element_count() != 9) {
+    return ffi::Error::InvalidArgument("funcopt_schedule_free_f32: coefficients are f32[9]");
+  }
+  Step step{CoefficientsOf(coefficients.typed_data()), {}, {}};
+  std::vector<int64_t> sizes;
+  size_t arg = 0, ret = 0;
+  for (const int64_t flag : flags) {
+    const uint8_t f = static_cast<uint8_t>(flag);
+    const size_t width = (f & kAdaptive) ? 4 : 3;  // (y, g, z[, v])
+    if (arg + width > args.size() || ret + width - 1 > rets.size()) {
+      return ffi::Error::InvalidArgument("funcopt_schedule_free_f32: too few operands");
+    }
+    float* in[4] = {nullptr, nullptr, nullptr, nullptr};
+    int64_t n = -1;
+    for (size_t j = 0; j < width; ++j) {
+      auto buffer = args.get<ffi::Buffer<ffi::F32>>(arg + j);
+      if (!buffer.has_value()) {
+        return ffi::Error::InvalidArgument(
+            "funcopt_schedule_free_f32: every operand must be float32");
+      }
+      if (n >= 0 && static_cast<int64_t>(buffer->element_count()) != n) {
+        return ffi::Error::InvalidArgument("funcopt_schedule_free_f32: leaf sizes differ");
+      }
+      n = buffer->element_count();
+      in[j] = buffer->typed_data();
+    }
+    // Results (y', z'[, v']) must be the operands' own buffers (y, z[, v]).
+    for (size_t j = 0; j + 1 < width; ++j) {
+      auto buffer = rets.get<ffi::Buffer<ffi::F32>>(ret + j);
+      if (!buffer.has_value() || (*buffer)->typed_data() != in[j == 0 ? 0 : j + 1]) {
+        return ffi::Error::InvalidArgument(
+            "funcopt_schedule_free_f32: results must alias operands");
+      }
+    }
+    step.leaves.push_back({in[0], in[1], in[2], in[3], f});
+    step.ranges.push_back(Pick(step.c, f));
+    sizes.push_back(n);
+    arg += width;
+    ret += width - 1;
+  }
+  if (arg != args.size() || ret != rets.size()) {
+    return ffi::Error::InvalidArgument("funcopt_schedule_free_f32: inconsistent operand counts");
+  }
+  auto work = std::make_shared<funcopt::Work>(FUNCOPT_GET_FP_CONTROL(), std::move(step));
+  for (size_t i = 0; i < sizes.size(); ++i) work->Add(static_cast<int32_t>(i), sizes[i]);
+  funcopt::RunOnPool(pool, pool.num_threads(), work);
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FuncoptScheduleFreeF32, ScheduleFreeImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // coefficients
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<ffi::Span<const int64_t>>("flags"));
 
 FUNCOPT_DEFINE_COMMON_ENTRY_POINTS()
 
@@ -92,8 +178,7 @@ extern "C" int funcopt_schedule_free_f32(int64_t n_leaves, float* const* pointer
                                          const float* leaf_scalars, const uint8_t* flags,
                                          uint64_t fp_control, int64_t threads) {
   (void)leaf_scalars;
-  const float* k = coefficients;
-  const Coefficients c{k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], k[8] != 0};
+  const Coefficients c = CoefficientsOf(coefficients);
   std::vector<Leaf> leaves;
   std::vector<RangeFn> ranges;
   for (int64_t i = 0; i < n_leaves; ++i) {
