@@ -7,6 +7,7 @@ as the XLA fallback. The expected values are the jitted XLA path's (``schedule_f
 update + ``apply_updates``), whose parity with schedulefree itself is tested elsewhere.
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 from parity import applying
 
 import funcopt
-from funcopt import _fused_schedule_free, _kernels
+from funcopt import _core, _fused_schedule_free, _kernels
 
 HAS_COMPILER = _kernels.compiler() is not None
 KERNEL = 'custom_call_target="funcopt_FuncoptScheduleFreeF32"'
@@ -56,7 +57,10 @@ def make_problem(seed=0, steps=STEPS, shapes=SHAPES):
 
 
 def run_plain(kwargs, params, grads, state=None):
-    tx = funcopt.schedule_free_adamw(**kwargs)
+    return run_plain_tx(funcopt.schedule_free_adamw(**kwargs), params, grads, state)
+
+
+def run_plain_tx(tx, params, grads, state=None):
     step = jax.jit(applying(tx))
     state = tx.init(params) if state is None else state
     for g in grads:
@@ -225,7 +229,8 @@ def test_disabled_kernels_take_the_xla_path_with_the_same_numbers(tmp_path):
 
 
 SHARDED = textwrap.dedent("""
-    import os
+    import functools
+import os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp, numpy as np, optax, funcopt
     from jax.sharding import NamedSharding, PartitionSpec as P
@@ -277,3 +282,26 @@ def test_a_kernel_that_rounds_differently_is_refused(tmp_path, monkeypatch):
     assert "fused_schedule_free_adamw" in str(caught[0].message)
     assert _fused_schedule_free._same_as_xla(_fused_schedule_free._target())
 
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="needs a C++ compiler")
+def test_the_handler_steps_sgd_leaves_too():
+    """The handler also takes leaves without exp_avg_sq (schedule_free_sgd's: operands
+    (y, g, z), results (y', z')); bitwise the XLA path with and without decay, on leaves of
+    64 elements and more (on smaller ones XLA:CPU may round y's decayed step unfused:
+    ``funcopt._schedule_free_kernel``'s docstring)."""
+    shapes = {"scalar": (), "vec": (64,), "big": (300, 230), "quad": (2, 4, 2, 4)}
+    params, grads = make_problem(seed=6, steps=STEPS, shapes=shapes)
+    target = _fused_schedule_free._target()
+    for kwargs in (dict(learning_rate=0.5, warmup_steps=3),
+                   dict(learning_rate=0.5, weight_decay=0.1, r=1.0,
+                        mask=lambda p: {k: k != "scalar" for k in p})):
+        rule = _core.rule_of(funcopt.schedule_free_sgd(**kwargs))
+        step = jax.jit(functools.partial(_fused_schedule_free._kernel_step, target, rule))
+        lowered = step.lower(grads[0], _core.init(rule, params), params).as_text()
+        assert "funcopt_FuncoptScheduleFreeF32" in lowered
+        ours = (params, _core.init(rule, params))
+        for g in grads:
+            ours = step(g, ours[1], ours[0])
+        assert ours[1].exp_avg_sq is None
+        assert_bitwise(ours, run_plain_tx(funcopt.schedule_free_sgd(**kwargs), params, grads))
