@@ -15,9 +15,9 @@ from funcopt import _core, _kernels
 from funcopt._adam_torch import AdamTorch
 from funcopt._fused_adamw import (
     FusedOptimizer,
-    _unsharded,
     _xla_step,
     agrees,
+    dispatch,
     xla_reference,
 )
 from funcopt._kernels import _direct
@@ -93,17 +93,9 @@ def init(rule: AdamTorch, params):
 
 def step(rule: AdamTorch, grads, state, params):
     """The fused step of ``rule`` (any :class:`~funcopt._adam_torch.AdamTorch`)."""
-    if params is None:
-        raise ValueError("fused_adamw_torch's step needs the parameters: "
-                         "step(grads, state, params).")
-    if jax.default_backend() != "cpu" or not _unsharded(params) or _target() is None:
-        return _xla_step(rule, grads, state, params)
-
-    def cpu_step(grads, state, params):
-        return _kernel_step(_target(), rule, grads, state, params)
-
-    return jax.lax.platform_dependent(
-        grads, state, params, cpu=cpu_step, default=lambda *a: _xla_step(rule, *a))
+    return dispatch("fused_adamw_torch", _target,
+                    lambda target, *a: _kernel_step(target, rule, *a),
+                    lambda *a: _xla_step(rule, *a), grads, state, params)
 
 
 def kernel_scalars(rule: AdamTorch, scalars, t):

@@ -230,7 +230,7 @@ def test_disabled_kernels_take_the_xla_path_with_the_same_numbers(tmp_path):
 
 SHARDED = textwrap.dedent("""
     import functools
-import os
+    import os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp, numpy as np, optax, funcopt
     from jax.sharding import NamedSharding, PartitionSpec as P
