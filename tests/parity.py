@@ -29,6 +29,25 @@ def applying(transformation):
     return step
 
 
+def run_applying(transformation, params, grads, state=None):
+    """``(params, state)`` after one jitted :func:`applying` step per gradient in ``grads``
+    (from ``transformation.init(params)`` unless ``state`` is given)."""
+    step = jax.jit(applying(transformation))
+    state = transformation.init(params) if state is None else state
+    for g in grads:
+        params, state = step(g, state, params)
+    return params, state
+
+
+def assert_bitwise(a, b):
+    """Two pytrees with the same structure, dtypes, shapes and bits."""
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert jax.tree.structure(a) == jax.tree.structure(b) and len(la) == len(lb)
+    for x, y in zip(la, lb, strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(np.asarray(x, np.float32), np.asarray(y, np.float32))
+
+
 def run_side_by_side(torch, ref_cls, ref_kwargs, transformation, shapes=SHAPES, steps=25,
                      dtype="float32", seed=0):
     """Feeds the same gradients to both for ``steps`` steps.

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from parity import applying
+from parity import applying, assert_bitwise, run_applying
 
 import funcopt
 from funcopt import _fused_adamw, _kernels
@@ -56,12 +56,7 @@ def make_problem(seed=0, steps=5, scale=1.0):
 
 
 def run_reference(kwargs, params, grads):
-    tx = funcopt.adamw(**kwargs)
-    step = jax.jit(applying(tx))
-    state = tx.init(params)
-    for g in grads:
-        params, state = step(g, state, params)
-    return params, state
+    return run_applying(funcopt.adamw(**kwargs), params, grads)
 
 
 def run_fused(kwargs, params, grads, donate=True):
@@ -71,14 +66,6 @@ def run_fused(kwargs, params, grads, donate=True):
     for g in grads:
         params, state = step(params, state, g)
     return params, state
-
-
-def assert_bitwise(a, b):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert jax.tree.structure(a) == jax.tree.structure(b) and len(la) == len(lb)
-    for x, y in zip(la, lb, strict=True):
-        assert x.dtype == y.dtype and x.shape == y.shape
-        np.testing.assert_array_equal(np.asarray(x, np.float32), np.asarray(y, np.float32))
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from parity import applying
+from parity import applying, assert_bitwise
 from torch_model import one_torch_thread, torch  # noqa: F401  (an autouse fixture)
 
 import funcopt
@@ -59,14 +59,6 @@ def run(step_of, init, params, grads, donate=True):
     for g in grads:
         params, state = step(g, state, params)
     return params, state
-
-
-def assert_bitwise(a, b):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert jax.tree.structure(a) == jax.tree.structure(b) and len(la) == len(lb)
-    for x, y in zip(la, lb, strict=True):
-        assert x.dtype == y.dtype and x.shape == y.shape
-        np.testing.assert_array_equal(np.asarray(x, np.float32), np.asarray(y, np.float32))
 
 
 @pytest.fixture(scope="module", autouse=True)

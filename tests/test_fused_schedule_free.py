@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from parity import applying
+from parity import applying, assert_bitwise, run_applying
 
 import funcopt
 from funcopt import _core, _fused_schedule_free, _kernels
@@ -57,15 +57,7 @@ def make_problem(seed=0, steps=STEPS, shapes=SHAPES):
 
 
 def run_plain(kwargs, params, grads, state=None):
-    return run_plain_tx(funcopt.schedule_free_adamw(**kwargs), params, grads, state)
-
-
-def run_plain_tx(tx, params, grads, state=None):
-    step = jax.jit(applying(tx))
-    state = tx.init(params) if state is None else state
-    for g in grads:
-        params, state = step(g, state, params)
-    return params, state
+    return run_applying(funcopt.schedule_free_adamw(**kwargs), params, grads, state)
 
 
 def fused_step(kwargs, donate=True):
@@ -81,14 +73,6 @@ def run_fused(kwargs, params, grads, state=None, donate=True):
     for g in grads:
         params, state = step(params, state, g)
     return params, state
-
-
-def assert_bitwise(a, b):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert jax.tree.structure(a) == jax.tree.structure(b) and len(la) == len(lb)
-    for x, y in zip(la, lb, strict=True):
-        assert x.dtype == y.dtype and x.shape == y.shape
-        np.testing.assert_array_equal(np.asarray(x, np.float32), np.asarray(y, np.float32))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -304,4 +288,4 @@ def test_the_handler_steps_sgd_leaves_too():
         for g in grads:
             ours = step(g, ours[1], ours[0])
         assert ours[1].exp_avg_sq is None
-        assert_bitwise(ours, run_plain_tx(funcopt.schedule_free_sgd(**kwargs), params, grads))
+        assert_bitwise(ours, run_applying(funcopt.schedule_free_sgd(**kwargs), params, grads))
