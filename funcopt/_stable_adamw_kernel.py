@@ -38,17 +38,13 @@ import optax
 
 from funcopt import _core, _kernels
 from funcopt._kernels import _direct
-from funcopt._numerics import f32
+from funcopt._numerics import f32, rounder
 from funcopt._stable_adamw import StableAdamW, second_moment
 
 __all__ = ["direct_entry", "direct_flags", "direct_scalars", "numpy_step", "WIDTH"]
 
 #: Pointers per leaf: (p, g, m, v).
 WIDTH = 4
-
-
-def _same(x):
-    return x
 
 
 def direct_scalars(rule: StableAdamW):
@@ -63,8 +59,9 @@ def direct_scalars(rule: StableAdamW):
     def scalars(lr, count, group, reads):
         r = dataclasses.replace(rule, learning_rate=lr)
         lr, keep, b1_comp, b2_hat, b2_comp = r.scalars(jnp.asarray(count, jnp.int32))
-        rows = [jnp.stack(r.stabilized(lr, keep, g, second_moment(g, v, b2_hat, b2_comp, _same),
-                                       eps_sq, _same)) for g, v, eps_sq in reads]
+        same = rounder(f32)  # float32 leaves: no rounding between the ops
+        rows = [jnp.stack(r.stabilized(lr, keep, g, second_moment(g, v, b2_hat, b2_comp, same),
+                                       eps_sq, same)) for g, v, eps_sq in reads]
         coefficients = jnp.stack([jnp.asarray(x, f32) for x in (b1_comp, b2_hat, b2_comp,
                                                                  np.float32(rule.eps))])
         return coefficients, group, jnp.stack(rows) if rows else jnp.zeros((0, 2), f32)

@@ -39,6 +39,18 @@ def run_applying(transformation, params, grads, state=None):
     return params, state
 
 
+def run_fused(opt, params, grads, state=None, donate=True):
+    """``(params, state)`` after one jitted ``opt.step`` (a ``funcopt.FusedOptimizer``) per
+    gradient in ``grads``, on copies of ``params`` (and ``state``: from ``opt.init`` unless
+    given), donated unless ``donate`` is False."""
+    step = jax.jit(lambda p, s, g: opt.step(g, s, p), donate_argnums=(0, 1) if donate else ())
+    state = opt.init(params) if state is None else jax.tree.map(jnp.copy, state)
+    params = jax.tree.map(jnp.copy, params)
+    for g in grads:
+        params, state = step(params, state, g)
+    return params, state
+
+
 def assert_bitwise(a, b):
     """Two pytrees with the same structure, dtypes, shapes and bits."""
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)

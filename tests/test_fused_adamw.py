@@ -19,6 +19,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import parity
 import pytest
 from parity import applying, assert_bitwise, run_applying
 
@@ -60,12 +61,7 @@ def run_reference(kwargs, params, grads):
 
 
 def run_fused(kwargs, params, grads, donate=True):
-    opt = funcopt.fused_adamw(**kwargs)
-    step = jax.jit(lambda p, s, g: opt.step(g, s, p), donate_argnums=(0, 1) if donate else ())
-    params, state = jax.tree.map(jnp.copy, params), opt.init(params)
-    for g in grads:
-        params, state = step(params, state, g)
-    return params, state
+    return parity.run_fused(funcopt.fused_adamw(**kwargs), params, grads, donate=donate)
 
 
 @pytest.fixture(scope="module", autouse=True)

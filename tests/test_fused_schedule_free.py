@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import parity
 import pytest
 from parity import applying, assert_bitwise, run_applying
 
@@ -67,12 +68,8 @@ def fused_step(kwargs, donate=True):
 
 
 def run_fused(kwargs, params, grads, state=None, donate=True):
-    opt, step = fused_step(kwargs, donate)
-    state = opt.init(params) if state is None else jax.tree.map(jnp.copy, state)
-    params = jax.tree.map(jnp.copy, params)
-    for g in grads:
-        params, state = step(params, state, g)
-    return params, state
+    return parity.run_fused(funcopt.fused_schedule_free_adamw(**kwargs), params, grads, state,
+                            donate)
 
 
 @pytest.fixture(scope="module", autouse=True)
