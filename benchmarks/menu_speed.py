@@ -30,6 +30,14 @@ import funcopt
 #: Rounds between two reallocations of every runner's buffers (:meth:`Runner.reallocate`).
 BLOCK = 5
 
+
+def _optax_ademamix_warmups() -> optax.GradientTransformation:
+    """optax's AdEMAMix with alpha and b3 warmed up over 1000 steps (the warmups' pairs)."""
+    return optax.contrib.ademamix(1e-3, weight_decay=0.01,
+                                  alpha=optax.linear_schedule(0.0, 5.0, 1000),
+                                  b3=optax.linear_schedule(0.9, 0.9999, 1000))
+
+
 PAIRS = {
     # name: (funcopt, optax), same hyperparameters
     "lion": (lambda: funcopt.lion(1e-4, weight_decay=0.01),
@@ -37,10 +45,12 @@ PAIRS = {
     "ademamix": (lambda: funcopt.ademamix(1e-3, weight_decay=0.01),
                  lambda: optax.contrib.ademamix(1e-3, weight_decay=0.01)),
     "ademamix (warmups)": (lambda: funcopt.ademamix(1e-3, t_alpha=1000, t_beta3=1000),
-                           lambda: optax.contrib.ademamix(
-                               1e-3, weight_decay=0.01,
-                               alpha=optax.linear_schedule(0.0, 5.0, 1000),
-                               b3=optax.linear_schedule(0.9, 0.9999, 1000))),
+                           _optax_ademamix_warmups),
+    "fused_ademamix": (lambda: funcopt.fused_ademamix(1e-3, weight_decay=0.01),
+                       lambda: optax.contrib.ademamix(1e-3, weight_decay=0.01)),
+    "fused_ademamix (warmups)": (
+        lambda: funcopt.fused_ademamix(1e-3, t_alpha=1000, t_beta3=1000),
+        _optax_ademamix_warmups),
     "rmsprop_bnb": (lambda: funcopt.rmsprop_bnb(1e-2), lambda: optax.rmsprop(1e-2, 0.99, 1e-8)),
 }
 

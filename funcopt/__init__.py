@@ -25,6 +25,7 @@ from funcopt._adamw import adamw as adamw
 from funcopt._fused_adamw import FusedOptimizer as FusedOptimizer
 from funcopt._fused_adamw import fused_adamw as fused_adamw
 from funcopt._fused_schedule_free import fused_schedule_free_adamw as fused_schedule_free_adamw
+from funcopt._fused_ademamix import fused_ademamix as fused_ademamix
 from funcopt._adafactor import AdafactorState as AdafactorState
 from funcopt._adafactor import adafactor as adafactor
 from funcopt._adafactor import adafactor_learning_rates as adafactor_learning_rates
@@ -128,6 +129,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdamWState", "adamw", "FusedOptimizer", "fused_adamw", "fused_schedule_free_adamw",
+    "fused_ademamix",
     "AdafactorState", "adafactor",
     "adafactor_learning_rates", "AdamWeightDecayState", "adam_weight_decay", "create_optimizer",
     "AdamTorchState", "adamw_torch", "adamw_torch_fused", "adam_torch", "fused_adamw_torch",

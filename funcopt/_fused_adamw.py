@@ -164,11 +164,7 @@ def _unsharded(params) -> bool:
 def _target() -> str | None:
     """The registered kernel, built on first use and checked bit for bit against the XLA
     path on awkward values (a compiler whose flags break IEEE arithmetic is refused)."""
-    target = _kernels.target("adamw", "FuncoptAdamWF32")
-    if target is None:
-        return None
-    with jax.ensure_compile_time_eval():  # concrete, even when first called while tracing
-        return target if _same_as_xla(target) else None
+    return checked_target("adamw", "FuncoptAdamWF32", _same_as_xla)
 
 
 def awkward_problem():
@@ -264,35 +260,58 @@ def kernel_scalars(hyper: AdamW, lr, decay_factor, steps):
 
 
 def _kernel_step(target, hyper: AdamW, grads, state, params):
-    plan = _core.prepare(hyper, grads, state, params)
-    fast = [i for i, leaf in enumerate(plan.leaves) if _fast(leaf)]
-    # Other leaves (bf16 or fp16 parameters and moments) take the XLA path.
-    out = [None if i in fast else hyper.update_leaf(plan.scalars, *leaf)
+    return leaf_kernel_step(target, hyper, _fast,
+                            lambda scalars, steps: kernel_scalars(hyper, *scalars, steps),
+                            grads, state, params)
+
+
+def leaf_kernel_step(target, rule, fast, kernel_scalars, grads, state, params):
+    """``rule``'s step (fields ``(step, a, b)`` per leaf) with the leaves where ``fast(leaf)``
+    through the FFI handler ``target`` and the others through ``rule.update_leaf`` and
+    ``apply_updates``. The handler gets ``kernel_scalars(plan.scalars, steps)`` (two arrays;
+    ``steps``: the fast leaves' steps, incremented here in JAX), then ``(p, g, a, b)`` per
+    fast leaf (``g`` as float32), returns ``(p', a', b')`` aliasing ``(p, a, b)``, and takes
+    the attribute ``decays`` (s64, one per fast leaf)."""
+    plan = _core.prepare(rule, grads, state, params)
+    fast = [i for i, leaf in enumerate(plan.leaves) if fast(leaf)]
+    # Other leaves (bf16 or fp16 parameters or state) take the XLA path.
+    out = [None if i in fast else rule.update_leaf(plan.scalars, *leaf)
            for i, leaf in enumerate(plan.leaves)]
     new_p = [None if o is None else optax.apply_updates(leaf[1], o[0])
              for leaf, o in zip(plan.leaves, out, strict=True)]
     fields = [None if o is None else o[1] for o in out]
     if fast:
         steps = [optax.safe_increment(plan.leaves[i][2][0]) for i in fast]
-        coefficients, step_sizes = kernel_scalars(hyper, *plan.scalars, jnp.stack(steps))
+        coefficients, leaf_scalars = kernel_scalars(plan.scalars, jnp.stack(steps))
         operands, results, aliases = [], [], {}
         for k, i in enumerate(fast):
-            g, p, (_, m, v), _ = plan.leaves[i]
-            operands += [p, g.astype(f32), m, v]
-            results += [jax.ShapeDtypeStruct(p.shape, f32)] * 3
-            # Operands 0-1 are the coefficients and the step sizes.
+            g, p, (_, a, b), _ = plan.leaves[i]
+            operands += [p, g.astype(f32), a, b]
+            results += [jax.ShapeDtypeStruct(x.shape, f32) for x in (p, a, b)]
+            # Operands 0-1 are the coefficients and the leaf scalars.
             aliases |= {2 + 4 * k: 3 * k, 4 + 4 * k: 3 * k + 1, 5 + 4 * k: 3 * k + 2}
         decays = np.array([plan.leaves[i][3] for i in fast], np.int64)
         # Under vmap the kernel runs once per batch element.
         kernel = jax.ffi.ffi_call(target, results, input_output_aliases=aliases,
                                   vmap_method="sequential")
-        flat = kernel(coefficients, step_sizes, *operands, decays=decays)
+        flat = kernel(coefficients, leaf_scalars, *operands, decays=decays)
         for k, i in enumerate(fast):
-            new_p[i], m_new, v_new = flat[3 * k:3 * k + 3]
-            fields[i] = (steps[k], m_new, v_new)
-    new_state = _core.assemble(hyper.State, plan.treedef, optax.safe_increment(plan.count),
+            new_p[i], a, b = flat[3 * k:3 * k + 3]
+            fields[i] = (steps[k], a, b)
+    new_state = _core.assemble(rule.State, plan.treedef, optax.safe_increment(plan.count),
                                fields)
     return jax.tree_util.tree_unflatten(plan.treedef, new_p), new_state
+
+
+def checked_target(name: str, symbol: str, same_as_xla) -> str | None:
+    """Kernel ``name``'s registered FFI target ``symbol``, built if needed, if
+    ``same_as_xla(target)`` (its bit-for-bit check, run concretely even while tracing);
+    ``None`` otherwise or without the kernel."""
+    target = _kernels.target(name, symbol)
+    if target is None:
+        return None
+    with jax.ensure_compile_time_eval():
+        return target if same_as_xla(target) else None
 
 
 # -- the direct entry point: the same step on memory outside XLA (funcopt.torch) ------------

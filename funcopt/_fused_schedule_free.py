@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import optax
 
-from funcopt import _core, _kernels
-from funcopt._fused_adamw import FusedOptimizer, awkward_problem, dispatch
+from funcopt import _core
+from funcopt._fused_adamw import FusedOptimizer, awkward_problem, checked_target, dispatch
 from funcopt._kernels import _direct
 from funcopt._numerics import f32
 from funcopt._schedule_free import schedule_free_adamw
@@ -146,11 +146,7 @@ def _kernel_step(target, rule: ScheduleFree, grads, state, params):
 def _target() -> str | None:
     """The registered kernel, built on first use and checked bit for bit against the XLA
     path (:func:`_same_as_xla`)."""
-    target = _kernels.target("schedule_free", "FuncoptScheduleFreeF32")
-    if target is None:
-        return None
-    with jax.ensure_compile_time_eval():  # concrete, even when first called while tracing
-        return target if _same_as_xla(target) else None
+    return checked_target("schedule_free", "FuncoptScheduleFreeF32", _same_as_xla)
 
 
 def kernel_available() -> bool:
@@ -173,15 +169,8 @@ def _same_as_xla(target) -> bool:
     :data:`~funcopt._schedule_free_kernel.CHECK_STEPS` steps of each :func:`check_rules`
     rule; warns if not."""
     params, grads = awkward_problem()
-    jitted = {}
-
-    def kernel_step(rule, grads, state, params):
-        if id(rule) not in jitted:
-            jitted[id(rule)] = jax.jit(functools.partial(_kernel_step, target, rule))
-        return jitted[id(rule)](grads, state, params)
-
-    return _direct.agrees(
-        check_rules(), params, [grads] * CHECK_STEPS, kernel_step,
+    return _direct.ffi_agrees(
+        target, _kernel_step, check_rules(), params, [grads] * CHECK_STEPS,
         "funcopt's schedule_free CPU kernel, as this machine's compiler built it, does not "
         "round like XLA, so fused_schedule_free_adamw uses the XLA path (same numbers, "
         "slower).", stacklevel=5)

@@ -1,9 +1,16 @@
-"""Side-by-side runs of a torch reference optimizer and a funcopt transformation."""
+"""Side-by-side runs of a torch reference optimizer and a funcopt transformation, and the
+checks the fused-kernel tests share."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 SHAPES = [(), (7,), (5, 6), (2, 3, 4), (2, 2, 3, 5)]
 # bf16 runs use tensors large enough for torch's vectorized kernels (its scalar fallback for
@@ -121,3 +128,157 @@ def train_mse(opt, w0, target, steps, dtype=jnp.float32):
         w, state = step(w, state)
         trajectory.append(np.asarray(w.astype(jnp.float32)))
     return np.array(trajectory), state
+
+
+# -- checks shared by the fused-kernel tests (funcopt.fused_*) -------------------------------
+
+SHARDED = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=DEVICES"
+import jax, jax.numpy as jnp, numpy as np, optax, funcopt
+from jax.sharding import NamedSharding, PartitionSpec as P
+kw = dict(KWARGS)
+opt, tx = funcopt.FUSED(**kw), funcopt.PLAIN(**kw)
+w = jnp.linspace(-1, 1, 8 * 6, dtype=jnp.float32).reshape(8, 6)
+for axis_type in (jax.sharding.AxisType.Explicit, jax.sharding.AxisType.Auto):
+    mesh = jax.make_mesh((DEVICES,), ("x",), axis_types=(axis_type,))
+    with jax.set_mesh(mesh):
+        p = {"w": jax.device_put(w, NamedSharding(mesh, P("x")))}
+        g = jax.tree.map(lambda x: x[::-1] * 0.1, p)
+        step = jax.jit(lambda p, s: opt.step(g, s, p))
+        s = jax.jit(opt.init)(p)
+        hlo = step.lower(p, s).compile().as_text()
+        a, _ = step(p, s)
+        b = jax.jit(lambda p, s: optax.apply_updates(p, tx.update(g, s, p)[0]))(p, s)
+        print(axis_type.name, funcopt.MODULE.kernel_available(), "all-gather" in hlo,
+              "MARKER" in hlo, a["w"].sharding.is_equivalent_to(p["w"].sharding, 2),
+              bool((np.asarray(a["w"]) == np.asarray(b["w"])).all()))
+"""
+
+
+def assert_sharded_takes_xla(fused, plain, kwargs, module, marker, devices=8):
+    """In a process with ``devices`` CPU devices, ``funcopt.<fused>(<kwargs>)``'s step on a
+    parameter sharded over all of them (explicit and auto axes, under ``jax.set_mesh``)
+    takes the XLA path (no ``marker`` in the compiled step, though
+    ``funcopt.<module>.kernel_available()``), gathers nothing, keeps the sharding and gives
+    ``funcopt.<plain>``'s bits."""
+    script = SHARDED
+    for word, value in (("DEVICES", devices), ("KWARGS", kwargs), ("FUSED", fused),
+                        ("PLAIN", plain), ("MODULE", module), ("MARKER", marker)):
+        script = script.replace(word, str(value))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.split("\n")
+    assert lines[:2] == ["Explicit True False False True True", "Auto True False False True True"]
+
+
+FIVE_STEPS = """
+import sys, warnings, jax, jax.numpy as jnp, numpy as np, funcopt
+
+def run():
+    \"\"\"Five fused steps: (the leaves of params and state, the path compiled).\"\"\"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = funcopt.MAKE
+        p = {"w": jnp.linspace(-1, 1, 70000, dtype=jnp.float32).reshape(700, 100),
+             "b": jnp.linspace(-1, 1, 13, dtype=jnp.float32)}
+        step = jax.jit(lambda p, s, g: opt.step(g, s, p))
+        s = opt.init(p)
+        hlo = step.lower(p, s, p).compile().as_text()
+        for k in range(5):
+            p, s = step(p, s, jax.tree.map(lambda x: jnp.sin(x * (k + 1)) * 0.1, p))
+    path = "kernel" if "MARKER" in hlo else "xla"
+    return [np.asarray(x) for x in jax.tree.leaves((p, s))], path
+"""
+
+
+def assert_disabled_kernels_same(tmp_path, make, marker, has_compiler):
+    """Five steps of ``funcopt.<make>`` (a call) on a two-block leaf and a small one: with
+    ``FUNCOPT_DISABLE_KERNELS=1`` (another process) the XLA path, here the kernel where a
+    compiler exists (``marker`` in the compiled step), the same bits."""
+    script = FIVE_STEPS.replace("MAKE", make).replace("MARKER", marker)
+    env = {**os.environ, "FUNCOPT_DISABLE_KERNELS": "1",
+           "FUNCOPT_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "xla.npz"
+    main = "leaves, path = run(); np.savez(sys.argv[1], *leaves); print(path)"
+    result = subprocess.run([sys.executable, "-c", script + main, str(out)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["xla"]
+    namespace = {}
+    exec(script, namespace)
+    ours, path = namespace["run"]()
+    assert path == ("kernel" if has_compiler else "xla")
+    theirs = np.load(out)
+    assert len(ours) == len(theirs.files) > 4
+    for a, name in zip(ours, theirs.files, strict=True):
+        np.testing.assert_array_equal(a, theirs[name])
+
+
+def assert_variant_refused(tmp_path, monkeypatch, kernel, symbol, fused, variant, module,
+                           what):
+    """Kernel ``kernel``'s source with ``fused`` replaced by ``variant`` (an ulp apart now and
+    then), built and registered: ``module._same_as_xla`` refuses its handler ``symbol`` with
+    a warning naming ``what``, and accepts the real one."""
+    from funcopt import _kernels
+
+    source = (Path(_kernels.__file__).parent / f"{kernel}.cc").read_text()
+    assert fused in source
+    (tmp_path / f"{kernel}_variant.cc").write_text(source.replace(fused, variant))
+    monkeypatch.setenv("FUNCOPT_CACHE_DIR", str(tmp_path / "cache"))
+    library = _kernels.load(tmp_path / f"{kernel}_variant.cc")
+    name = f"funcopt_test_{kernel}_{abs(hash(variant))}"
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)),
+                                platform="cpu")
+    with pytest.warns(RuntimeWarning, match="does not round like XLA") as caught:
+        assert not module._same_as_xla(name)
+    assert what in str(caught[0].message)
+    assert module._same_as_xla(module._target())
+
+
+def make_fused_problem(shapes, steps, seed=0):
+    """``(params, grads)``: a dict of standard normal leaves of ``shapes`` (``name: shape``;
+    bf16 where the name starts with ``bf16``, else float32) and ``steps`` gradient dicts
+    (scale 0.1)."""
+    rng = np.random.default_rng(seed)
+    dtype = lambda name: jnp.bfloat16 if name.startswith("bf16") else jnp.float32
+    draw = lambda name, s, k: jnp.asarray(rng.standard_normal(s) * k, dtype(name))
+    params = {n: draw(n, s, 1.0) for n, s in shapes.items()}
+    grads = [{n: draw(n, s, 0.1) for n, s in shapes.items()} for _ in range(steps)]
+    return params, grads
+
+
+def assert_in_place(compiled):
+    """A compiled, donated fused step writes its leaves into their inputs: only counters and
+    scalars (a few bytes each) land elsewhere, and no scratch the size of a leaf is needed."""
+    memory = compiled.memory_analysis()
+    assert memory.output_size_in_bytes - memory.alias_size_in_bytes < 1024
+    assert memory.temp_size_in_bytes < 4096
+
+
+def assert_vmap_and_scan(opt, tx, params, grads):
+    """``opt`` (a ``funcopt.FusedOptimizer``) under ``vmap`` (a batch of two problems) and in
+    ``lax.scan`` (over ``grads``) gives the bits of ``tx``'s update + ``apply_updates``."""
+    batch = lambda t, k: jax.tree.map(lambda x: jnp.stack([x, x * k]), t)
+    p, g = batch(params, 2.0), batch(grads[0], -1.0)
+    ours = jax.jit(jax.vmap(opt.step))(g, jax.vmap(opt.init)(p), p)
+    assert_bitwise(ours, jax.jit(jax.vmap(applying(tx)))(g, jax.vmap(tx.init)(p), p))
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *grads)
+
+    def scan(step, init):
+        body = lambda carry, g: (step(g, carry[1], carry[0]), None)
+        return jax.jit(lambda p: jax.lax.scan(body, (p, init(p)), stacked)[0])(params)
+
+    assert_bitwise(scan(opt.step, opt.init), scan(applying(tx), tx.init))
+
+
+def assert_interchangeable(opt, tx, params, grads):
+    """A third of ``grads`` through ``tx`` (update + ``apply_updates``), a third through
+    ``opt`` (a ``funcopt.FusedOptimizer`` with the same state), the rest through ``tx``: the
+    bits of ``tx`` all along."""
+    a, b = len(grads) // 3, 2 * len(grads) // 3
+    p, s = run_applying(tx, params, grads[:a])
+    p, s = run_fused(opt, p, grads[a:b], state=s)
+    p, s = run_applying(tx, p, grads[b:], state=s)
+    assert_bitwise((p, s), run_applying(tx, params, grads))

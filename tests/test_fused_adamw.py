@@ -113,39 +113,13 @@ def test_vmap_runs_the_kernel_per_batch_element():
     assert_bitwise(ours, jax.jit(jax.vmap(applying(tx)))(g, jax.vmap(tx.init)(p), p))
 
 
-SHARDED = textwrap.dedent("""
-    import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    import jax, jax.numpy as jnp, numpy as np, optax, funcopt
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    kw = dict(learning_rate=1e-2, weight_decay=0.1)
-    opt, tx = funcopt.fused_adamw(**kw), funcopt.adamw(**kw)
-    w = jnp.linspace(-1, 1, 8 * 6, dtype=jnp.float32).reshape(8, 6)
-    for axis_type in (jax.sharding.AxisType.Explicit, jax.sharding.AxisType.Auto):
-        mesh = jax.make_mesh((4,), ("x",), axis_types=(axis_type,))
-        with jax.set_mesh(mesh):
-            p = {"w": jax.device_put(w, NamedSharding(mesh, P("x")))}
-            g = jax.tree.map(lambda x: x[::-1] * 0.1, p)
-            step = jax.jit(lambda p, s: opt.step(g, s, p))
-            s = jax.jit(opt.init)(p)
-            hlo = step.lower(p, s).compile().as_text()
-            a, _ = step(p, s)
-            b = jax.jit(lambda p, s: optax.apply_updates(p, tx.update(g, s, p)[0]))(p, s)
-            print(axis_type.name, funcopt._fused_adamw.kernel_available(), "all-gather" in hlo,
-                  "FuncoptAdamW" in hlo, a["w"].sharding.is_equivalent_to(p["w"].sharding, 2),
-                  bool((np.asarray(a["w"]) == np.asarray(b["w"])).all()))
-""")
-
-
 @pytest.mark.skipif(not HAS_COMPILER, reason="without the kernel every path is XLA's")
 def test_sharded_parameters_take_the_partitionable_xla_path():
     """The kernel is built (so its absence from the compiled step means something), yet a
     sharded step does not call it: no all-gather, the sharding kept, adamw's bits."""
-    result = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.split("\n")
-    assert lines[:2] == ["Explicit True False False True True", "Auto True False False True True"]
+    parity.assert_sharded_takes_xla("fused_adamw", "adamw",
+                                    "learning_rate=1e-2, weight_decay=0.1", "_fused_adamw",
+                                    "FuncoptAdamW", devices=4)
 
 
 def test_golden_test_problem(golden_pt):

@@ -8,18 +8,12 @@ update + ``apply_updates``), whose parity with schedulefree itself is tested els
 """
 
 import functools
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import parity
 import pytest
-from parity import applying, assert_bitwise, run_applying
+from parity import assert_bitwise, run_applying
 
 import funcopt
 from funcopt import _core, _fused_schedule_free, _kernels
@@ -49,12 +43,7 @@ CONFIGS = [
 
 
 def make_problem(seed=0, steps=STEPS, shapes=SHAPES):
-    rng = np.random.default_rng(seed)
-    dtype = lambda name: jnp.bfloat16 if name.startswith("bf16") else jnp.float32
-    draw = lambda name, s, k: jnp.asarray(rng.standard_normal(s) * k, dtype(name))
-    params = {n: draw(n, s, 1.0) for n, s in shapes.items()}
-    grads = [{n: draw(n, s, 0.1) for n, s in shapes.items()} for _ in range(steps)]
-    return params, grads
+    return parity.make_fused_problem(shapes, steps, seed)
 
 
 def run_plain(kwargs, params, grads, state=None):
@@ -109,11 +98,7 @@ def test_compiled_step_calls_the_kernel_once_in_place():
     opt, step = fused_step(dict(weight_decay=0.1))
     compiled = step.lower(params, opt.init(params), grads[0]).compile()
     assert compiled.as_text().count(KERNEL) == 1
-    memory = compiled.memory_analysis()
-    # y, z and v are written into their donated inputs: only the group's scalars (a few
-    # bytes each) land elsewhere, and no scratch the size of a leaf is needed.
-    assert memory.output_size_in_bytes - memory.alias_size_in_bytes < 1024
-    assert memory.temp_size_in_bytes < 4096
+    parity.assert_in_place(compiled)
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: every path is XLA's")
@@ -133,27 +118,15 @@ def test_bf16_leaves_take_the_xla_path_with_the_same_numbers():
 def test_state_is_interchangeable_with_schedule_free_adamw_mid_run():
     params, grads = make_problem(seed=4, steps=30)
     kwargs = dict(learning_rate=1e-2, weight_decay=0.1, warmup_steps=4)
-    p, s = run_plain(kwargs, params, grads[:10])
-    p, s = run_fused(kwargs, p, grads[10:20], state=s)
-    p, s = run_plain(kwargs, p, grads[20:], state=s)
-    assert_bitwise((p, s), run_plain(kwargs, params, grads))
+    parity.assert_interchangeable(funcopt.fused_schedule_free_adamw(**kwargs),
+                                  funcopt.schedule_free_adamw(**kwargs), params, grads)
 
 
 def test_vmap_and_scan():
     params, grads = make_problem(seed=5, steps=4, shapes={"vec": (7,), "mat": (5, 6)})
     kwargs = dict(learning_rate=1e-2, weight_decay=0.1)
     opt, tx = funcopt.fused_schedule_free_adamw(**kwargs), funcopt.schedule_free_adamw(**kwargs)
-    batch = lambda t, k: jax.tree.map(lambda x: jnp.stack([x, x * k]), t)
-    p, g = batch(params, 2.0), batch(grads[0], -1.0)
-    ours = jax.jit(jax.vmap(opt.step))(g, jax.vmap(opt.init)(p), p)
-    assert_bitwise(ours, jax.jit(jax.vmap(applying(tx)))(g, jax.vmap(tx.init)(p), p))
-    stacked = jax.tree.map(lambda *x: jnp.stack(x), *grads)
-
-    def scan(step, init):
-        body = lambda carry, g: (step(g, carry[1], carry[0]), None)
-        return jax.jit(lambda p: jax.lax.scan(body, (p, init(p)), stacked)[0])(params)
-
-    assert_bitwise(scan(opt.step, opt.init), scan(applying(tx), tx.init))
+    parity.assert_vmap_and_scan(opt, tx, params, grads)
 
 
 def test_construction_errors_are_schedule_free_adamw_s():
@@ -170,99 +143,29 @@ def test_construction_errors_are_schedule_free_adamw_s():
         opt.step({"w": jnp.zeros(2)}, opt.init({"w": jnp.zeros(2)}), None)
 
 
-RUN = textwrap.dedent("""
-    import sys, warnings, jax, jax.numpy as jnp, numpy as np, funcopt
-
-    def run():
-        \"\"\"Five fused steps: (the leaves of params and state, the path compiled).\"\"\"
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            opt = funcopt.fused_schedule_free_adamw(1e-2, weight_decay=0.1, warmup_steps=3)
-            p = {"w": jnp.linspace(-1, 1, 70000, dtype=jnp.float32).reshape(700, 100),
-                 "b": jnp.linspace(-1, 1, 13, dtype=jnp.float32)}
-            step = jax.jit(lambda p, s, g: opt.step(g, s, p))
-            s = opt.init(p)
-            hlo = step.lower(p, s, p).compile().as_text()
-            for k in range(5):
-                p, s = step(p, s, jax.tree.map(lambda x: jnp.sin(x * (k + 1)) * 0.1, p))
-        path = "kernel" if "FuncoptScheduleFree" in hlo else "xla"
-        return [np.asarray(x) for x in jax.tree.leaves((p, s))], path
-""")
-
-
 def test_disabled_kernels_take_the_xla_path_with_the_same_numbers(tmp_path):
-    env = {**os.environ, "FUNCOPT_DISABLE_KERNELS": "1",
-           "FUNCOPT_CACHE_DIR": str(tmp_path / "cache")}
-    out = tmp_path / "xla.npz"
-    main = "leaves, path = run(); np.savez(sys.argv[1], *leaves); print(path)"
-    result = subprocess.run([sys.executable, "-c", RUN + main, str(out)], capture_output=True,
-                            text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["xla"]
-    namespace = {}
-    exec(RUN, namespace)
-    ours, path = namespace["run"]()
-    assert path == ("kernel" if HAS_COMPILER else "xla")
-    theirs = np.load(out)
-    assert len(ours) == len(theirs.files) > 4
-    for a, name in zip(ours, theirs.files, strict=True):
-        np.testing.assert_array_equal(a, theirs[name])
-
-
-SHARDED = textwrap.dedent("""
-    import functools
-    import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    import jax, jax.numpy as jnp, numpy as np, optax, funcopt
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    kw = dict(learning_rate=1e-2, weight_decay=0.1, warmup_steps=2)
-    opt, tx = funcopt.fused_schedule_free_adamw(**kw), funcopt.schedule_free_adamw(**kw)
-    w = jnp.linspace(-1, 1, 8 * 6, dtype=jnp.float32).reshape(8, 6)
-    for axis_type in (jax.sharding.AxisType.Explicit, jax.sharding.AxisType.Auto):
-        mesh = jax.make_mesh((8,), ("x",), axis_types=(axis_type,))
-        with jax.set_mesh(mesh):
-            p = {"w": jax.device_put(w, NamedSharding(mesh, P("x")))}
-            g = jax.tree.map(lambda x: x[::-1] * 0.1, p)
-            step = jax.jit(lambda p, s: opt.step(g, s, p))
-            s = jax.jit(opt.init)(p)
-            hlo = step.lower(p, s).compile().as_text()
-            a, _ = step(p, s)
-            b = jax.jit(lambda p, s: optax.apply_updates(p, tx.update(g, s, p)[0]))(p, s)
-            print(axis_type.name, funcopt._fused_schedule_free.kernel_available(),
-                  "all-gather" in hlo, "FuncoptScheduleFree" in hlo,
-                  a["w"].sharding.is_equivalent_to(p["w"].sharding, 2),
-                  bool((np.asarray(a["w"]) == np.asarray(b["w"])).all()))
-""")
+    parity.assert_disabled_kernels_same(
+        tmp_path, "fused_schedule_free_adamw(1e-2, weight_decay=0.1, warmup_steps=3)",
+        "FuncoptScheduleFree", HAS_COMPILER)
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="without the kernel every path is XLA's")
 def test_sharded_parameters_take_the_partitionable_xla_path():
     """The kernel is built (so its absence from the compiled step means something), yet a
     sharded step does not call it: no all-gather, the sharding kept, the plain step's bits."""
-    result = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.split("\n")
-    assert lines[:2] == ["Explicit True False False True True", "Auto True False False True True"]
+    parity.assert_sharded_takes_xla("fused_schedule_free_adamw", "schedule_free_adamw",
+                                    "learning_rate=1e-2, weight_decay=0.1, warmup_steps=2",
+                                    "_fused_schedule_free", "FuncoptScheduleFree")
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="needs a C++ compiler")
 def test_a_kernel_that_rounds_differently_is_refused(tmp_path, monkeypatch):
     """The check run before the kernel is first used has teeth: a variant that rounds y's
     step product before adding it to the lerp (an ulp apart, now and then) is refused."""
-    source = (Path(_kernels.__file__).parent / "schedule_free.cc").read_text()
-    fused = "std::fma(d, c.alpha, lerp)"
-    assert fused in source
-    (tmp_path / "sf_unfused.cc").write_text(source.replace(fused, "(d * c.alpha + lerp)"))
-    monkeypatch.setenv("FUNCOPT_CACHE_DIR", str(tmp_path / "cache"))
-    library = _kernels.load(tmp_path / "sf_unfused.cc")
-    jax.ffi.register_ffi_target("funcopt_test_sf_unfused",
-                                jax.ffi.pycapsule(library.FuncoptScheduleFreeF32), platform="cpu")
-    with pytest.warns(RuntimeWarning, match="does not round like XLA") as caught:
-        assert not _fused_schedule_free._same_as_xla("funcopt_test_sf_unfused")
-    assert "fused_schedule_free_adamw" in str(caught[0].message)
-    assert _fused_schedule_free._same_as_xla(_fused_schedule_free._target())
-
+    parity.assert_variant_refused(tmp_path, monkeypatch, "schedule_free",
+                                  "FuncoptScheduleFreeF32", "std::fma(d, c.alpha, lerp)",
+                                  "(d * c.alpha + lerp)", _fused_schedule_free,
+                                  "fused_schedule_free_adamw")
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="needs a C++ compiler")

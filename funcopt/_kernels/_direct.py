@@ -32,7 +32,7 @@ import optax
 
 from funcopt import _core, _kernels
 
-__all__ = ["AHEAD", "Scalars", "call", "entry_point", "xla_step", "agrees"]
+__all__ = ["AHEAD", "Scalars", "call", "entry_point", "xla_step", "agrees", "ffi_agrees"]
 
 AHEAD = 64
 
@@ -116,3 +116,17 @@ def agrees(rules, params, grads_by_step, kernel_step, warning: str, stacklevel: 
             warnings.warn(warning, RuntimeWarning, stacklevel=stacklevel + 1)
             return False
     return True
+
+
+def ffi_agrees(target, kernel_step, rules, params, grads_by_step, warning: str,
+               stacklevel: int) -> bool:
+    """:func:`agrees` for an FFI handler: ``kernel_step(target, rule, grads, state, params)``
+    (the fused step through the handler registered as ``target``), jitted once per rule."""
+    jitted = {}
+
+    def run(rule, grads, state, params):
+        if id(rule) not in jitted:
+            jitted[id(rule)] = jax.jit(functools.partial(kernel_step, target, rule))
+        return jitted[id(rule)](grads, state, params)
+
+    return agrees(rules, params, grads_by_step, run, warning, stacklevel + 1)
