@@ -209,7 +209,7 @@ def _same_as_xla(target) -> bool:
 
 def _direct_same_as_xla(entry) -> bool:
     """Whether the direct entry point ``(function, fp_control)`` rounds like XLA."""
-    return _agrees(lambda h: functools.partial(_direct_numpy_step, entry, h),
+    return _agrees(lambda h: functools.partial(direct_numpy_step, entry, h),
                    "funcopt.torch's AdamW")
 
 
@@ -317,25 +317,26 @@ def checked_target(name: str, symbol: str, same_as_xla) -> str | None:
 # -- the direct entry point: the same step on memory outside XLA (funcopt.torch) ------------
 
 
-def direct_scalars(hyper: AdamW):
+def direct_scalars(hyper: AdamW, kernel_scalars=kernel_scalars):
     """``(lr, steps) -> (coefficients, step_sizes)``: :func:`kernel_scalars` for ``hyper``
     with its learning rate replaced by ``lr`` (float32) and leaves at ``steps`` (int32, before
     this update), the numbers ``step`` computes under ``jit`` (to run with
-    :class:`funcopt._kernels._direct.Scalars`)."""
+    :class:`funcopt._kernels._direct.Scalars`). Another kernel of per-leaf steps passes its
+    own ``kernel_scalars(rule, *rule.scalars(count), steps)``."""
 
     def scalars(lr, steps):
         h = dataclasses.replace(hyper, learning_rate=lr)
-        lr, decay_factor = h.scalars(jnp.zeros([], jnp.int32))
-        return kernel_scalars(h, lr, decay_factor, optax.safe_increment(steps))
+        return kernel_scalars(h, *h.scalars(jnp.zeros([], jnp.int32)),
+                              optax.safe_increment(steps))
 
     return scalars
 
 
 @functools.lru_cache(maxsize=64)
-def scalars_of(hyper: AdamW) -> _direct.Scalars:
+def scalars_of(hyper: AdamW, kernel_scalars=kernel_scalars) -> _direct.Scalars:
     """The direct entry point's scalars for ``hyper`` (learning rate replaced at each call),
-    made once per rule."""
-    return _direct.Scalars(direct_scalars(hyper))
+    made once per rule (:func:`direct_scalars`)."""
+    return _direct.Scalars(direct_scalars(hyper, kernel_scalars))
 
 
 def direct_flags(hyper: AdamW, decays) -> np.ndarray:
@@ -356,15 +357,16 @@ def direct_entry():
         return entry if _direct_same_as_xla(entry) else None
 
 
-def _direct_numpy_step(entry, hyper, grads, state, params):
+def direct_numpy_step(entry, hyper, grads, state, params, kernel_scalars=kernel_scalars):
     """The direct entry point on NumPy copies of a JAX problem (for the check), returning JAX
-    ``(params, state)`` like ``step``."""
+    ``(params, state)`` like ``step``: leaves ``(p, g, a, b)`` with fields ``(step, a, b)``
+    (:func:`direct_scalars` with ``kernel_scalars``)."""
     plan = _core.prepare(hyper, grads, state, params)
     arrays = [[np.array(x, np.float32) for x in (p, g, m, v)]
               for g, p, (_, m, v), _ in plan.leaves]
     steps = [int(t) for _, _, (t, _, _), _ in plan.leaves]
     rule = dataclasses.replace(hyper, mask=None)
-    coefficients, step_sizes = scalars_of(rule)(hyper.learning_rate, steps)
+    coefficients, step_sizes = scalars_of(rule, kernel_scalars)(hyper.learning_rate, steps)
     _direct.call(entry[0], [[a.ctypes.data for a in leaf] for leaf in arrays],
                  [leaf[0].size for leaf in arrays], coefficients, step_sizes,
                  direct_flags(rule, [d for *_, d in plan.leaves]), entry[1], 2)

@@ -1,13 +1,17 @@
 """``funcopt.ademamix``'s update and ``optax.apply_updates`` as one in-place step: the fast
-path on CPU, bitwise equal to the two of them."""
+path on CPU, bitwise equal to the two of them (``funcopt/_kernels/ademamix.cc``'s FFI
+handler under ``jit``; its direct entry point on torch tensors for funcopt.torch's
+AdEMAMix)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax.numpy as jnp
+import numpy as np
 
-from funcopt import _core
+from funcopt import _core, _fused_adamw
 from funcopt._ademamix import AdEMAMix, ademamix
 from funcopt._bnb32 import complement
 from funcopt._fused_adamw import (
@@ -21,6 +25,8 @@ from funcopt._kernels import _direct
 from funcopt._numerics import f32
 
 __all__ = ["fused_ademamix"]
+
+direct_flags = _fused_adamw.direct_flags  # 1 where a leaf decays, for the direct entry point
 
 #: Steps of each check rule the kernel must reproduce before first use.
 CHECK_STEPS = 3
@@ -110,12 +116,12 @@ def _fast(leaf) -> bool:
             == state2.shape and state1.shape == (2, *p.shape))
 
 
-def kernel_scalars(rule: AdEMAMix, scalars, steps):
+def kernel_scalars(rule: AdEMAMix, neg_lr, keep, steps):
     """The kernel's float32 ``coefficients`` (-lr, keep, b1, 1 - b1, b2, 1 - b2, eps) and
     ``leaf_scalars`` f32[L, 5] (c1, c2, alpha, b3, 1 - b3 at each leaf's incremented step in
     the int32 vector ``steps``): the values the XLA path computes, elementwise."""
     coefficients = jnp.stack([jnp.asarray(x, f32) for x in (
-        *scalars, *complement(rule.b1), *complement(rule.b2), f32(rule.eps))])
+        neg_lr, keep, *complement(rule.b1), *complement(rule.b2), f32(rule.eps))])
     k = rule.per_step(steps)
     leaf_scalars = jnp.stack([jnp.broadcast_to(jnp.asarray(x, f32), steps.shape)
                               for x in (k.c1, k.c2, k.alpha, k.b3, k.one_minus_b3)], axis=1)
@@ -124,7 +130,7 @@ def kernel_scalars(rule: AdEMAMix, scalars, steps):
 
 def _kernel_step(target, rule: AdEMAMix, grads, state, params):
     return leaf_kernel_step(target, rule, _fast,
-                            lambda scalars, steps: kernel_scalars(rule, scalars, steps),
+                            lambda scalars, steps: kernel_scalars(rule, *scalars, steps),
                             grads, state, params)
 
 
@@ -160,3 +166,30 @@ def _same_as_xla(target) -> bool:
         target, _kernel_step, check_rules(), params, [grads] * CHECK_STEPS,
         "funcopt's ademamix CPU kernel, as this machine's compiler built it, does not round "
         "like XLA, so fused_ademamix uses the XLA path (same numbers, slower).", stacklevel=5)
+
+
+# -- the direct entry point: the same step on torch tensors (funcopt.torch's AdEMAMix) ------
+
+
+def scalars_of(rule: AdEMAMix) -> _direct.Scalars:
+    """The direct entry point's ``(lr, steps) -> (coefficients, leaf_scalars)``
+    (:func:`kernel_scalars` at learning rate ``lr``, leaves at ``steps`` before the update)."""
+    return _fused_adamw.scalars_of(rule, kernel_scalars)
+
+
+@functools.cache
+def direct_entry():
+    """``(function, fp_control)`` of ``funcopt_ademamix_f32`` (pointers ``(p, g, state1,
+    state2)`` per leaf), checked bit for bit against the XLA path, or ``None``."""
+    return _direct.checked_entry("ademamix", "funcopt_ademamix_f32", _direct_same_as_xla)
+
+
+def _direct_same_as_xla(entry) -> bool:
+    """Whether the direct entry point ``(function, fp_control)`` gives the XLA path's bits
+    after two steps of each :func:`check_rules` rule on the awkward problem, the learning
+    rate a float32 value as funcopt.torch hands it; warns if not."""
+    rules = [dataclasses.replace(r, learning_rate=np.float32(1e-2)) for r in check_rules()]
+    numpy_step = lambda rule: functools.partial(  # noqa: E731
+        _fused_adamw.direct_numpy_step, entry, rule, kernel_scalars=kernel_scalars)
+    return _fused_adamw.agrees(rules, _fused_adamw.xla_reference(rules), numpy_step,
+                               "ademamix", "funcopt.torch's AdEMAMix", stacklevel=5)

@@ -220,7 +220,7 @@ def assert_variant_refused(tmp_path, monkeypatch, kernel, symbol, fused, variant
                            what):
     """Kernel ``kernel``'s source with ``fused`` replaced by ``variant`` (an ulp apart now and
     then), built and registered: ``module._same_as_xla`` refuses its handler ``symbol`` with
-    a warning naming ``what``, and accepts the real one."""
+    a warning naming ``what``, and accepts the real one. Returns the variant's library."""
     from funcopt import _kernels
 
     source = (Path(_kernels.__file__).parent / f"{kernel}.cc").read_text()
@@ -235,6 +235,7 @@ def assert_variant_refused(tmp_path, monkeypatch, kernel, symbol, fused, variant
         assert not module._same_as_xla(name)
     assert what in str(caught[0].message)
     assert module._same_as_xla(module._target())
+    return library
 
 
 def make_fused_problem(shapes, steps, seed=0):

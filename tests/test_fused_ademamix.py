@@ -18,6 +18,7 @@ from parity import assert_bitwise, run_applying
 
 import funcopt
 from funcopt import _fused_ademamix, _kernels
+from funcopt._kernels import _direct
 
 HAS_COMPILER = _kernels.compiler() is not None
 KERNEL = 'custom_call_target="funcopt_FuncoptAdEMAMixF32"'
@@ -176,12 +177,20 @@ def test_sharded_parameters_take_the_partitionable_xla_path():
 @pytest.mark.skipif(not HAS_COMPILER, reason="needs a C++ compiler")
 @pytest.mark.parametrize("fused, variant", [
     # The step's product rounded before the decayed parameter is added (XLA contracts it).
-    ("std::fma(c.neg_lr, mixed / adaptive, kept)", "(c.neg_lr * (mixed / adaptive) + kept)"),
+    ("std::fma(neg_lr, mixed / adaptive, kept)", "(neg_lr * (mixed / adaptive) + kept)"),
     # m1 / c1 as a multiplication by the reciprocal (what `divide` keeps XLA from doing).
-    ("m1 / l.c1", "m1 * (1.0f / l.c1)"),
+    ("m1 / c1 ", "m1 * (1.0f / c1) "),
 ])
 def test_a_kernel_that_rounds_differently_is_refused(tmp_path, monkeypatch, fused, variant):
-    """The check run before the kernel is first used has teeth: variants an ulp apart now
-    and then are refused."""
-    parity.assert_variant_refused(tmp_path, monkeypatch, "ademamix", "FuncoptAdEMAMixF32",
-                                  fused, variant, _fused_ademamix, "fused_ademamix")
+    """The checks run before the kernel's entry points are first used have teeth: variants
+    an ulp apart now and then are refused."""
+    library = parity.assert_variant_refused(tmp_path, monkeypatch, "ademamix",
+                                            "FuncoptAdEMAMixF32", fused, variant,
+                                            _fused_ademamix, "fused_ademamix")
+    # The direct entry point (funcopt.torch's AdEMAMix) has the same check.
+    direct = library.funcopt_ademamix_f32
+    direct.argtypes = _direct.entry_point("ademamix", "funcopt_ademamix_f32").argtypes
+    entry = (direct, _kernels.xla_fp_control("ademamix"))
+    with pytest.warns(RuntimeWarning, match="does not round like XLA"):
+        assert not _fused_ademamix._direct_same_as_xla(entry)
+    assert _fused_ademamix._direct_same_as_xla(_fused_ademamix.direct_entry())

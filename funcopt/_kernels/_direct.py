@@ -32,7 +32,8 @@ import optax
 
 from funcopt import _core, _kernels
 
-__all__ = ["AHEAD", "Scalars", "call", "entry_point", "xla_step", "agrees", "ffi_agrees"]
+__all__ = ["AHEAD", "Scalars", "call", "entry_point", "xla_step", "agrees", "ffi_agrees",
+           "checked_entry"]
 
 AHEAD = 64
 
@@ -48,6 +49,18 @@ def entry_point(name: str, symbol: str):
     fn.argtypes = [ctypes.c_int64, *[ctypes.c_void_p] * 5, ctypes.c_uint64, ctypes.c_int64]
     fn.restype = ctypes.c_int
     return fn
+
+
+def checked_entry(name: str, symbol: str, same_as_xla):
+    """``(function, fp_control)`` of kernel ``name``'s direct entry point ``symbol`` with the
+    control word XLA runs that kernel with, if ``same_as_xla(entry)`` (its bit-for-bit check,
+    run concretely even while tracing); ``None`` otherwise or without the kernel."""
+    fn = entry_point(name, symbol)
+    if fn is None:
+        return None
+    entry = (fn, _kernels.xla_fp_control(name))
+    with jax.ensure_compile_time_eval():
+        return entry if same_as_xla(entry) else None
 
 
 def call(fn, pointers, sizes, coefficients, leaf_scalars, flags, fp_control: int,

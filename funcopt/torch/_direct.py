@@ -4,7 +4,7 @@ For the optimizers that have one (``funcopt.adamw``: ``funcopt/_kernels/adamw.cc
 ``funcopt.adamw_torch``, ``adamw_torch_fused`` and ``adam_torch``: ``adamw_torch.cc``;
 ``funcopt.sgd``: ``sgd.cc``; ``funcopt.schedule_free_adamw``, ``schedule_free_sgd`` and
 ``schedule_free_radam``: ``schedule_free.cc``; ``funcopt.stable_adamw``:
-``stable_adamw.cc``), the
+``stable_adamw.cc``; ``funcopt.ademamix``: ``ademamix.cc``), the
 float32 CPU parameters of a param group are stepped by one plain C call on the tensors'
 memory: parameters, gradients and the state tensors in ``optimizer.state`` are read and
 written in place, as torch's own optimizers do. No DLPack import, no XLA dispatch, no views
@@ -46,6 +46,7 @@ import funcopt
 from funcopt import (
     _fused_adamw,
     _fused_adamw_torch,
+    _fused_ademamix,
     _kernels,
     _schedule_free_kernel,
     _sgd_kernel,
@@ -72,7 +73,9 @@ class Kernel(NamedTuple):
     (coefficients, new group fields)`` (JAX) instead of ``scalars_of``, and no leaf scalars;
     ``reads(rule)`` (group kernels): the tensors those scalars read per leaf (``"grad"`` or
     state keys), then passed as a fourth argument (one tuple per leaf), and
-    ``direct_scalars`` returns ``(coefficients, new group fields, leaf scalars)``."""
+    ``direct_scalars`` returns ``(coefficients, new group fields, leaf scalars)``;
+    ``stacked``: the state keys held as two tensors of the parameter's shape stacked
+    (bitsandbytes AdEMAMix's ``state1``)."""
 
     library: str
     keys: Callable[[object], tuple[str, ...]]
@@ -81,6 +84,7 @@ class Kernel(NamedTuple):
     fresh: Callable = _zeros
     group: bool = False
     reads: Callable | None = None
+    stacked: tuple[str, ...] = ()
 
 
 def _adam_keys(rule) -> tuple[str, ...]:
@@ -113,6 +117,10 @@ def _stable_fresh(rule, keys, p) -> dict:
     return {**_zeros(rule, keys, p), "eps_sq": torch.tensor(rule.eps ** 2, dtype=p.dtype)}
 
 
+KERNELS[funcopt.ademamix] = Kernel(
+    "ademamix", lambda rule: ("state1", "state2"), 4, _fused_ademamix,
+    lambda rule, keys, p: {"state1": p.new_zeros((2, *p.shape)), "state2": torch.zeros_like(p)},
+    stacked=("state1",))
 KERNELS[funcopt.stable_adamw] = Kernel(
     "stable_adamw", lambda rule: ("exp_avg", "exp_avg_sq"), _stable_adamw_kernel.WIDTH,
     _stable_adamw_kernel, _stable_fresh, group=True,
@@ -158,19 +166,20 @@ def _torch_openmp_parallel() -> int | None:
     return None
 
 
-def _fits(t, p) -> bool:
-    """A float32 contiguous CPU tensor shaped like ``p`` (plain attribute reads: this runs for
-    every tensor at every step)."""
+def _fits(t, p, stacked=False) -> bool:
+    """A float32 contiguous CPU tensor shaped like ``p`` (``stacked``: like two of ``p``
+    stacked) (plain attribute reads: this runs for every tensor at every step)."""
     return isinstance(t, torch.Tensor) and t.dtype is torch.float32 and t.is_cpu and (
-        t.shape == p.shape and t.is_contiguous())
+        (t.shape == (2, *p.shape) if stacked else t.shape == p.shape) and t.is_contiguous())
 
 
-def takes(optimizer, params, steps, keys, other=()) -> list[bool]:
+def takes(optimizer, params, steps, keys, other=(), stacked=()) -> list[bool]:
     """Which of a param group's stepping ``params`` (``steps``: their step counts so far) the
     kernel steps, given the state ``keys`` it updates (and ``other`` state keys its scalars
     read): float32 contiguous CPU parameters with float32 CPU gradients, no other parameter
     of the group on their storage, and either no state yet or float32 contiguous CPU state
-    tensors of their shape (``other``: float32 CPU tensors), when the optimizer has a kernel
+    tensors of their shape (``stacked`` keys: two of it stacked; ``other``: float32 CPU
+    tensors), when the optimizer has a kernel
     and it is available here."""
     if _entry(optimizer._optimizer_fn) is None:
         return [False] * len(params)
@@ -181,7 +190,7 @@ def takes(optimizer, params, steps, keys, other=()) -> list[bool]:
         ok = _fits(p, p) and _fits(p.grad, p) and storages[p.untyped_storage().data_ptr()] == 1
         if ok and n:
             s = state[p]
-            ok = all(_fits(s.get(k), p) for k in keys) and all(
+            ok = all(_fits(s.get(k), p, k in stacked) for k in keys) and all(
                 _fits(s.get(k), s.get(k)) for k in other)
         taken.append(ok)
     return taken
@@ -201,7 +210,7 @@ def step(optimizer, group, params, steps, static, lr) -> list[bool]:
     rule = _update.static_rule(fn, static)
     keys = kernel.keys(rule)
     other = [k for k in (kernel.reads(rule) if kernel.reads else ()) if k not in (*keys, "grad")]
-    taken = takes(optimizer, params, steps, keys, other)
+    taken = takes(optimizer, params, steps, keys, other, kernel.stacked)
     if kernel.group and not all(taken):  # the group state steps once: all on one path
         return [False] * len(params)
     chosen = [(p, n) for p, n, ok in zip(params, steps, taken, strict=True) if ok]
