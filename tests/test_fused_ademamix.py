@@ -106,6 +106,18 @@ def test_leaves_at_different_steps():
     assert_bitwise(ours, run_plain(kwargs, params, grads, state=state))
 
 
+def test_warmups_past_the_step_tables():
+    """Warmups longer than funcopt._step_table.CAP: leaves around the cut take the rule's
+    float32 formulas, computed for a vector of steps here and per leaf by the XLA path."""
+    params, grads = make_problem(seed=8, steps=5, shapes={"vec": (7,), "big": (300, 230),
+                                                          "scalar": ()})
+    kwargs = dict(learning_rate=1e-2, weight_decay=0.1, t_alpha=300000, t_beta3=300001)
+    state = funcopt.ademamix(**kwargs).init(params)._replace(step={
+        "vec": jnp.int32(270000), "big": jnp.int32(262140), "scalar": jnp.int32(299999)})
+    assert_bitwise(run_fused(kwargs, params, grads, state=state),
+                   run_plain(kwargs, params, grads, state=state))
+
+
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: every path is XLA's")
 def test_compiled_step_calls_the_kernel_once_in_place():
     params, grads = make_problem(steps=1)
