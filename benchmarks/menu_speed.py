@@ -98,8 +98,8 @@ class Runner:
 
 def compare(pairs: dict, argv, title: str) -> dict:
     """Times every pair of ``pairs`` (``name: (make_funcopt, make_optax)``) as the module
-    says; prints and returns ``{name: (funcopt_ms, optax_ms, ratio)}`` (medians, and the median
-    of the per-round ratios)."""
+    says; prints and returns ``{name: (funcopt_ms, optax_ms, ratio, ratio_of_minima)}``
+    (medians, the median of the per-round ratios and the ratio of the fastest rounds)."""
     parser = argparse.ArgumentParser(description=title)
     parser.add_argument("--params", type=int, default=10_000_000)
     parser.add_argument("--rounds", type=int, default=60)
@@ -131,12 +131,33 @@ def compare(pairs: dict, argv, title: str) -> dict:
     width = max(len(name) for name in pairs)
     for name in pairs:
         ours, theirs = np.array(times[name, "funcopt"]), np.array(times[name, "optax"])
-        ratio = float(np.median(ours / theirs))
-        results[name] = (1e3 * np.median(ours), 1e3 * np.median(theirs), ratio)
+        ratio, of_minima = float(np.median(ours / theirs)), float(ours.min() / theirs.min())
+        results[name] = (1e3 * np.median(ours), 1e3 * np.median(theirs), ratio, of_minima)
         print(f"  {name:{width}s} funcopt {results[name][0]:7.2f} ms   optax "
-              f"{results[name][1]:7.2f} ms   ratio {ratio:.2f} (of minima "
-              f"{ours.min() / theirs.min():.2f})")
+              f"{results[name][1]:7.2f} ms   ratio {ratio:.2f} (of minima {of_minima:.2f})")
     return results
+
+
+#: optax's counterpart where it is not ``optax.contrib.<name>`` (fused_ prefix removed).
+PEERS = {"lion": "optax.lion", "rmsprop_bnb": "optax.rmsprop"}
+
+
+def goal_rows(results: dict) -> list[dict]:
+    """``results`` of :func:`compare` as rows of ``python -m benchmarks``' goal table: each
+    funcopt step no slower than optax's (goal 1; met when both the median of the per-round
+    ratios and the ratio of the minima are within it). The noise pair is left out."""
+    rows = []
+    for name, (_, _, median, of_minima) in results.items():
+        if "noise" in name:
+            continue
+        base, config = name.split(" (")[0], name[len(name.split(" (")[0]):]
+        plain = base.removeprefix("fused_")
+        ok = (median <= 1, of_minima <= 1)
+        rows.append({"ours": f"funcopt.{name}",
+                     "peer": PEERS.get(plain, f"optax.contrib.{plain}") + config,
+                     "median": median, "of_minima": of_minima, "goal": 1,
+                     "met": "yes" if all(ok) else ("no" if not any(ok) else "unclear")})
+    return rows
 
 
 def main(argv=None) -> dict:
@@ -163,6 +184,40 @@ def schedule_free(argv=None) -> dict:
     """funcopt's schedule-free AdamW/SGD against ``optax.contrib``'s, as :func:`main` measures
     (``python -c "from benchmarks.menu_speed import schedule_free; schedule_free()"``)."""
     return compare(SCHEDULE_FREE_PAIRS, argv, "schedule-free against optax.contrib")
+
+
+def _inexact(tx, contract: bool) -> optax.GradientTransformation:
+    """``tx`` (a ``funcopt.ademamix``) with its true divisions by the bias corrections traced
+    as XLA makes optax's, multiplications by the reciprocal (an ulp off bitsandbytes now and
+    then), and if ``contract`` its products left for XLA to contract into fused multiply-adds
+    (``_numerics.unfused`` off). Not shipped; for :func:`exactness_cost`."""
+    from unittest import mock
+
+    from funcopt import _ademamix
+
+    patches = {"divide": lambda x, d: x * (1 / d)} | (
+        {"unfused": lambda x: x} if contract else {})
+
+    def update(grads, state, params=None):
+        with mock.patch.multiple(_ademamix, **patches):
+            return tx.update(grads, state, params)
+
+    return optax.GradientTransformation(tx.init, update)
+
+
+def exactness_cost(argv=None) -> dict:
+    """What exactness costs ``funcopt.ademamix``'s XLA step: as shipped against optax's, then
+    with its divisions by a per-step scalar made multiplications by the reciprocal, then also
+    with XLA free to contract its products (``python -c "from benchmarks.menu_speed import
+    exactness_cost; exactness_cost()"``)."""
+    pairs = {}
+    for name in ("ademamix", "ademamix (warmups)"):
+        ours, theirs = PAIRS[name]
+        pairs[name] = (ours, theirs)
+        for label, contract in ((", reciprocal", False), (", reciprocal, contracted", True)):
+            pairs[name + label] = (lambda ours=ours, contract=contract: _inexact(ours(), contract),
+                                   theirs)
+    return compare(pairs, argv, "ademamix's exactness")
 
 
 if __name__ == "__main__":

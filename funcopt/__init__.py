@@ -18,8 +18,9 @@ torch's).
 
 # ruff: noqa: I001, E501  (grouped by concept, not alphabetically; one import per line)
 
-# transformers' optimizers (4.49) and their states; fused_adamw: adamw's update and
-# apply_updates in one in-place pass.
+# transformers' optimizers (4.49) and their states; fused_adamw (and fused_schedule_free_adamw,
+# fused_ademamix): adamw's (schedule_free_adamw's, ademamix's) update and apply_updates in one
+# in-place pass.
 from funcopt._adamw import AdamWState as AdamWState
 from funcopt._adamw import adamw as adamw
 from funcopt._fused_adamw import FusedOptimizer as FusedOptimizer

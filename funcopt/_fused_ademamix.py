@@ -54,11 +54,14 @@ def fused_ademamix(learning_rate=1e-3, b1: float = 0.9, b2: float = 0.999, b3: f
         \frac{m_1 / c_1 + \alpha(t)\, m_2}{\sqrt{\nu} / c_2 + \epsilon}
 
     Why: the step is memory-bound, and XLA:CPU writes each output of an elementwise
-    computation in its own loop, so the XLA path copies the parameter and the new
-    :math:`\nu` and reads the new moments back for the parameter's loop: 68 bytes per
-    float32 parameter (76 with ``eps = 0``; XLA's cost analysis, jaxlib 0.10.2, with or
-    without decay and warmups; ``optax.contrib.ademamix``'s: 104), where 36 are needed
-    (read :math:`p, g, m_1, m_2, \nu`; write :math:`p, m_1, m_2, \nu`).
+    computation in its own loop: the XLA path updates :math:`\nu` and the stacked EMAs in
+    two loops and reads all three back for the parameter's: 52 bytes per float32 parameter
+    (60 with ``eps = 0``; XLA's cost analysis of the donated step, jaxlib 0.10.2, with or
+    without decay and warmups; ``optax.contrib.ademamix``'s: 56), where 36 are needed (read
+    :math:`p, g, m_1, m_2, \nu`; write :math:`p, m_1, m_2, \nu`), and exact parity with
+    bitsandbytes costs it two true divisions per element (:math:`m_1 / c_1`,
+    :math:`\sqrt\nu / c_2`) where XLA turns optax's divisions by a scalar into
+    multiplications by its reciprocal (an ulp off).
     On the CPU this step runs every float32 leaf through one C++ kernel
     (``funcopt/_kernels/ademamix.cc``, built with the system's C++ compiler on first use
     and cached) that makes the 36, in place, on XLA's thread pool. Each leaf's step counter

@@ -55,7 +55,8 @@ _TRANSFORMERS, _TORCH, _BNB, _MORE = ("transformers' optimizers", "torch.optim's
                                       "bitsandbytes' optimizers", "More of the Trainer's menu")
 OPTIMIZER_SECTIONS = [_TRANSFORMERS, _TORCH, _BNB, _MORE]
 _SECTION_RULES = [
-    (("adamw_bnb", "lion", "ademamix", "rmsprop_bnb", "rmsprop_8bit", "bnb"), _BNB),
+    (("adamw_bnb", "lion", "ademamix", "fused_ademamix", "rmsprop_bnb", "rmsprop_8bit", "bnb"),
+     _BNB),
     (("adam_torch", "sgd", "adagrad", "rmsprop"), _TORCH),
     (("adamw", "fused_adamw", "adafactor", "adam_weight_decay", "create_optimizer"),
      _TRANSFORMERS),

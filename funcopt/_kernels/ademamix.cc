@@ -2,16 +2,16 @@
 // pass per parameter, in place (`funcopt.fused_ademamix` under jit; funcopt.torch's AdEMAMix).
 //
 // XLA:CPU writes each output of an elementwise computation in its own loop, so the XLA path
-// copies p and the new nu and reads the new moments back: 68 bytes per float32 parameter by
-// XLA's cost analysis, where 36 are compulsory (read p, g, m1, m2, nu; write p, m1, m2, nu).
-// This kernel makes the 36, over all float32 leaves in one call, in blocks over several
-// threads (parallel.h).
+// writes the new moments in two loops and reads them back for p's: 52 bytes per float32
+// parameter by XLA's cost analysis of the donated step, where 36 are compulsory (read p, g,
+// m1, m2, nu; write p, m1, m2, nu). This kernel makes the 36, over all float32 leaves in one
+// call, in blocks over several threads (parallel.h).
 //
 // The arithmetic is `AdEMAMix.float32_update` (funcopt/_ademamix.py) operation for operation,
 // with std::fma exactly where XLA contracts a product into the sum (its `unfused` products are
 // rounded on their own, its `divide`s are true divisions), so the results are bitwise equal
-// to the jitted XLA path, which `funcopt._fused_ademamix` and `funcopt._ademamix_kernel`
-// check before first use:
+// to the jitted XLA path, which `funcopt._fused_ademamix` checks for both entry points
+// before first use:
 //   m1' = fma(1 - b1, g, m1 * b1);   m2' = fma(1 - b3(t), g, m2 * b3(t))
 //   nu' = fma((1 - b2) * g, g, nu * b2)
 //   q   = (m1' / c1 + alpha(t) * m2') / (sqrt(nu') / c2 + eps)
@@ -28,7 +28,7 @@
 //   results (p', state1', state2') per leaf, aliasing (p, state1, state2) (the call fails
 //   otherwise). Attribute `decays`: s64[L], 1 where a leaf decays.
 // * C function funcopt_ademamix_f32 (parallel.h's direct signature; funcopt.torch's AdEMAMix
-//   through funcopt/_ademamix_kernel.py): pointers (p, g, state1, state2) per leaf, the same
+//   through funcopt/torch/_direct.py): pointers (p, g, state1, state2) per leaf, the same
 //   coefficients and leaf scalars, flags: 1 where a leaf decays.
 
 #include <cmath>
