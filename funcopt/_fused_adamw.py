@@ -352,9 +352,7 @@ def direct_entry():
     FFI handler, or ``None``."""
     if _target() is None:
         return None
-    entry = (_direct.entry_point("adamw", "funcopt_adamw_f32"), _kernels.xla_fp_control("adamw"))
-    with jax.ensure_compile_time_eval():
-        return entry if _direct_same_as_xla(entry) else None
+    return _direct.checked_entry("adamw", "funcopt_adamw_f32", _direct_same_as_xla)
 
 
 def direct_numpy_step(entry, hyper, grads, state, params, kernel_scalars=kernel_scalars):

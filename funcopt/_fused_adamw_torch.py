@@ -213,11 +213,9 @@ def direct_entry():
     null)`` per leaf), checked bit for bit against the XLA path, or ``None``."""
     if _target() is None:
         return None
-    entry = (_direct.entry_point("adamw_torch", "funcopt_adam_torch_f32"),
-             _kernels.xla_fp_control("adamw_torch"))
-    with jax.ensure_compile_time_eval():
-        direct = lambda r: functools.partial(_direct_numpy_step, entry, r)
-        return entry if _agrees(direct, "funcopt.torch's torch.optim.AdamW") else None
+    return _direct.checked_entry("adamw_torch", "funcopt_adam_torch_f32", lambda entry: _agrees(
+        lambda r: functools.partial(_direct_numpy_step, entry, r),
+        "funcopt.torch's torch.optim.AdamW"))
 
 
 def _direct_numpy_step(entry, rule, grads, state, params):

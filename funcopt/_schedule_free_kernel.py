@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcopt import _core, _kernels
+from funcopt import _core
 from funcopt._fused_adamw import awkward_problem
 from funcopt._kernels import _direct
 from funcopt._numerics import f32, is_static
@@ -109,12 +109,7 @@ def direct_flags(rule: ScheduleFree, decays) -> np.ndarray:
 def direct_entry():
     """``(function, fp_control)`` of ``funcopt_schedule_free_f32`` (pointers ``(y, g, z,
     exp_avg_sq or null)`` per leaf), checked bit for bit against the XLA path, or ``None``."""
-    fn = _direct.entry_point("schedule_free", "funcopt_schedule_free_f32")
-    if fn is None:
-        return None
-    entry = (fn, _kernels.xla_fp_control("schedule_free"))
-    with jax.ensure_compile_time_eval():
-        return entry if _agrees(entry) else None
+    return _direct.checked_entry("schedule_free", "funcopt_schedule_free_f32", _agrees)
 
 
 def _numpy_step(entry, rule, grads, state, params):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcopt import _core, _kernels
+from funcopt import _core
 from funcopt._fused_adamw import agrees, xla_reference
 from funcopt._kernels import _direct
 from funcopt._numerics import f32
@@ -64,12 +64,7 @@ def direct_flags(rule: SGD, decays) -> np.ndarray:
 def direct_entry():
     """``(function, fp_control)`` of ``funcopt_sgd_f32`` (pointers ``(p, g, momentum_buffer
     or null)`` per leaf), checked bit for bit against the XLA path, or ``None``."""
-    fn = _direct.entry_point("sgd", "funcopt_sgd_f32")
-    if fn is None:
-        return None
-    entry = (fn, _kernels.xla_fp_control("sgd"))
-    with jax.ensure_compile_time_eval():
-        return entry if _agrees(entry) else None
+    return _direct.checked_entry("sgd", "funcopt_sgd_f32", _agrees)
 
 
 def _numpy_step(entry, rule, grads, state, params):

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcopt import _core, _kernels
+from funcopt import _core
 from funcopt._kernels import _direct
 from funcopt._numerics import f32, rounder
 from funcopt._stable_adamw import StableAdamW, second_moment
@@ -83,12 +83,7 @@ def direct_flags(rule: StableAdamW, decays) -> np.ndarray:
 def direct_entry():
     """``(function, fp_control)`` of ``funcopt_stable_adamw_f32`` (pointers ``(p, g, exp_avg,
     exp_avg_sq)`` per leaf), checked bit for bit against the XLA path, or ``None``."""
-    fn = _direct.entry_point("stable_adamw", "funcopt_stable_adamw_f32")
-    if fn is None:
-        return None
-    entry = (fn, _kernels.xla_fp_control("stable_adamw"))
-    with jax.ensure_compile_time_eval():
-        return entry if _agrees(entry) else None
+    return _direct.checked_entry("stable_adamw", "funcopt_stable_adamw_f32", _agrees)
 
 
 def numpy_step(entry, rule: StableAdamW, grads, state, params):
