@@ -11,12 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcopt import _core, _kernels
+from funcopt import _core
 from funcopt._adam_torch import AdamTorch
 from funcopt._fused_adamw import (
     FusedOptimizer,
     _xla_step,
     agrees,
+    checked_target,
     dispatch,
     xla_reference,
 )
@@ -126,12 +127,8 @@ def flags(rule: AdamTorch, decays) -> np.ndarray:
 def _target() -> str | None:
     """The registered kernel, built on first use and checked bit for bit against the XLA
     path (a compiler whose flags break IEEE arithmetic is refused)."""
-    target = _kernels.target("adamw_torch", "FuncoptAdamTorchF32")
-    if target is None:
-        return None
-    with jax.ensure_compile_time_eval():
-        ffi = lambda r: jax.jit(functools.partial(_kernel_step, target, r))
-        return target if _agrees(ffi, "fused_adamw_torch") else None
+    return checked_target("adamw_torch", "FuncoptAdamTorchF32", lambda target: _agrees(
+        lambda r: jax.jit(functools.partial(_kernel_step, target, r)), "fused_adamw_torch"))
 
 
 def kernel_available() -> bool:
