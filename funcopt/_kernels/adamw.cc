@@ -119,9 +119,7 @@ ffi::Error AdamWImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coefficients,
                            decays[i] != 0});
     sizes.push_back(n);
   }
-  auto work = std::make_shared<funcopt::Work>(FUNCOPT_GET_FP_CONTROL(), std::move(step));
-  for (size_t i = 0; i < n_leaves; ++i) work->Add(static_cast<int32_t>(i), sizes[i]);
-  funcopt::RunOnPool(pool, pool.num_threads(), work);
+  funcopt::RunLeavesOnPool(pool, std::move(step), sizes.data(), sizes.size());
   return ffi::Error::Success();
 }
 
@@ -150,8 +148,7 @@ extern "C" int funcopt_adamw_f32(int64_t n_leaves, float* const* pointers,
     float* const* q = pointers + 4 * i;
     step.leaves.push_back({q[0], q[1], q[2], q[3], step_sizes[i], decays[i] != 0});
   }
-  funcopt::Work work(static_cast<FpControl>(fp_control), std::move(step));
-  for (int64_t i = 0; i < n_leaves; ++i) work.Add(static_cast<int32_t>(i), sizes[i]);
-  funcopt::RunDirect(work, threads);
+  funcopt::RunLeavesDirect(static_cast<FpControl>(fp_control), std::move(step), sizes, n_leaves,
+                           threads);
   return 0;
 }

@@ -147,6 +147,7 @@ ffi::Error AdamTorchImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coefficient
     return ffi::Error::InvalidArgument("funcopt_adam_torch_f32: inconsistent operand counts");
   }
   Step step{CoefficientsOf(coefficients.typed_data()), {}};
+  std::vector<int64_t> sizes;
   size_t arg = 0, ret = 0;
   for (size_t i = 0; i < n_leaves; ++i) {
     const size_t k = (flags[i] & kAmsgrad) ? 5 : 4;
@@ -172,10 +173,9 @@ ffi::Error AdamTorchImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coefficient
     }
     const float* s = leaf_scalars.typed_data() + 2 * i;
     step.leaves.push_back({in[0], in[1], in[2], in[3], in[4], n, s[0], s[1], flags[i]});
+    sizes.push_back(n);
   }
-  auto work = std::make_shared<funcopt::Work>(FUNCOPT_GET_FP_CONTROL(), step);
-  for (size_t i = 0; i < n_leaves; ++i) work->Add(static_cast<int32_t>(i), step.leaves[i].n);
-  funcopt::RunOnPool(pool, pool.num_threads(), work);
+  funcopt::RunLeavesOnPool(pool, std::move(step), sizes.data(), sizes.size());
   return ffi::Error::Success();
 }
 
@@ -204,8 +204,7 @@ extern "C" int funcopt_adam_torch_f32(int64_t n_leaves, float* const* pointers,
     if ((flags[i] & kAmsgrad) && q[4] == nullptr) return 1;
     step.leaves.push_back({q[0], q[1], q[2], q[3], q[4], sizes[i], s[0], s[1], flags[i]});
   }
-  funcopt::Work work(static_cast<FpControl>(fp_control), step);
-  for (int64_t i = 0; i < n_leaves; ++i) work.Add(static_cast<int32_t>(i), sizes[i]);
-  funcopt::RunDirect(work, threads);
+  funcopt::RunLeavesDirect(static_cast<FpControl>(fp_control), std::move(step), sizes, n_leaves,
+                           threads);
   return 0;
 }

@@ -6,7 +6,8 @@
 // (MXCSR on x86-64, FPCR on AArch64): XLA's, which flushes subnormals, so that the pool
 // threads and the direct entry points round exactly like the XLA computations.
 //
-// Two ways in:
+// Two ways in, a kernel's step over its leaves taking one each (`RunLeavesOnPool`,
+// `RunLeavesDirect`):
 // * an XLA FFI handler (`RunOnPool`): the calling thread and tasks on XLA's intra-op pool;
 // * a plain C entry point called with raw pointers (torch tensors; `RunDirect`): the calling
 //   thread and the threads of the OpenMP runtime that `funcopt_set_parallel` was given
@@ -113,6 +114,16 @@ void RunOnPool(Pool& pool, int64_t pool_threads, const std::shared_ptr<Work>& wo
   work->Wait();
 }
 
+// A step over `n_leaves` leaves of `sizes[i]` elements, `body` called on each unit: an FFI
+// handler's way in (XLA's control word, the calling thread and its intra-op pool).
+template <class Pool>
+void RunLeavesOnPool(Pool& pool, std::function<void(const Unit&)> body, const int64_t* sizes,
+                     size_t n_leaves) {
+  auto work = std::make_shared<Work>(FUNCOPT_GET_FP_CONTROL(), std::move(body));
+  for (size_t i = 0; i < n_leaves; ++i) work->Add(static_cast<int32_t>(i), sizes[i]);
+  RunOnPool(pool, pool.num_threads(), work);
+}
+
 // libgomp's `GOMP_parallel(fn, data, num_threads, flags)`: runs fn(data) on a team of
 // num_threads threads, the caller included, and returns when all have.
 using ParallelFn = void (*)(void (*)(void*), void*, unsigned, unsigned);
@@ -137,6 +148,16 @@ inline void RunDirect(Work& work, int64_t threads) {
   for (size_t i = 0; i < helpers; ++i) team.emplace_back([&work] { work.Run(); });
   work.Run();
   for (auto& t : team) t.join();
+}
+
+// The same on the threads of `RunDirect` with the control word `fp_control`: a direct entry
+// point's way in (`block`: elements per unit).
+inline void RunLeavesDirect(FpControl fp_control, std::function<void(const Unit&)> body,
+                            const int64_t* sizes, int64_t n_leaves, int64_t threads,
+                            int64_t block = kBlock) {
+  Work work(fp_control, std::move(body));
+  for (int64_t i = 0; i < n_leaves; ++i) work.Add(static_cast<int32_t>(i), sizes[i], block);
+  RunDirect(work, threads);
 }
 
 }  // namespace funcopt
@@ -164,12 +185,13 @@ inline void RunDirect(Work& work, int64_t threads) {
                                 xla::ffi::Ffi::Bind().Ret<xla::ffi::BufferR1<xla::ffi::U32>>()); \
   extern "C" int funcopt_copy(int64_t n, void* const* dst, const void* const* src,           \
                               const int64_t* bytes, int64_t threads) {                    \
-    funcopt::Work work(FUNCOPT_GET_FP_CONTROL(), [&](const funcopt::Unit& u) {             \
-      std::memcpy(static_cast<char*>(dst[u.leaf]) + u.begin,                              \
-                  static_cast<const char*>(src[u.leaf]) + u.begin, u.end - u.begin);      \
-    });                                                                                   \
-    for (int64_t i = 0; i < n; ++i) work.Add(static_cast<int32_t>(i), bytes[i], 1 << 18); \
-    funcopt::RunDirect(work, threads);                                                    \
+    funcopt::RunLeavesDirect(                                                             \
+        FUNCOPT_GET_FP_CONTROL(),                                                         \
+        [&](const funcopt::Unit& u) {                                                     \
+          std::memcpy(static_cast<char*>(dst[u.leaf]) + u.begin,                          \
+                      static_cast<const char*>(src[u.leaf]) + u.begin, u.end - u.begin);  \
+        },                                                                                \
+        bytes, n, threads, 1 << 18);                                                      \
     return 0;                                                                             \
   }
 

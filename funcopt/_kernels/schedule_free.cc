@@ -155,9 +155,7 @@ ffi::Error ScheduleFreeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coeffici
   if (arg != args.size() || ret != rets.size()) {
     return ffi::Error::InvalidArgument("funcopt_schedule_free_f32: inconsistent operand counts");
   }
-  auto work = std::make_shared<funcopt::Work>(FUNCOPT_GET_FP_CONTROL(), std::move(step));
-  for (size_t i = 0; i < sizes.size(); ++i) work->Add(static_cast<int32_t>(i), sizes[i]);
-  funcopt::RunOnPool(pool, pool.num_threads(), work);
+  funcopt::RunLeavesOnPool(pool, std::move(step), sizes.data(), sizes.size());
   return ffi::Error::Success();
 }
 
@@ -187,10 +185,9 @@ extern "C" int funcopt_schedule_free_f32(int64_t n_leaves, float* const* pointer
     leaves.push_back({q[0], q[1], q[2], q[3], flags[i]});
     ranges.push_back(Pick(c, flags[i]));
   }
-  funcopt::Work work(static_cast<FpControl>(fp_control), [&](const funcopt::Unit& u) {
-    ranges[u.leaf](c, leaves[u.leaf], u.begin, u.end);
-  });
-  for (int64_t i = 0; i < n_leaves; ++i) work.Add(static_cast<int32_t>(i), sizes[i]);
-  funcopt::RunDirect(work, threads);
+  funcopt::RunLeavesDirect(
+      static_cast<FpControl>(fp_control),
+      [&](const funcopt::Unit& u) { ranges[u.leaf](c, leaves[u.leaf], u.begin, u.end); }, sizes,
+      n_leaves, threads);
   return 0;
 }

@@ -73,12 +73,13 @@ extern "C" int funcopt_sgd_f32(int64_t n_leaves, float* const* pointers, const i
     if ((flags[i] & kMomentum) && q[2] == nullptr) return 1;
     leaves.push_back({q[0], q[1], q[2], flags[i]});
   }
-  funcopt::Work work(static_cast<FpControl>(fp_control), [&](const funcopt::Unit& u) {
-    const Leaf& l = leaves[u.leaf];
-    ((l.flags & kDecays) ? Pick<true>(l.flags) : Pick<false>(l.flags))(
-        coefficients, l, u.begin, u.end);
-  });
-  for (int64_t i = 0; i < n_leaves; ++i) work.Add(static_cast<int32_t>(i), sizes[i]);
-  funcopt::RunDirect(work, threads);
+  funcopt::RunLeavesDirect(
+      static_cast<FpControl>(fp_control),
+      [&](const funcopt::Unit& u) {
+        const Leaf& l = leaves[u.leaf];
+        ((l.flags & kDecays) ? Pick<true>(l.flags) : Pick<false>(l.flags))(
+            coefficients, l, u.begin, u.end);
+      },
+      sizes, n_leaves, threads);
   return 0;
 }

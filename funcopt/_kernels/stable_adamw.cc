@@ -84,11 +84,12 @@ extern "C" int funcopt_stable_adamw_f32(int64_t n_leaves, float* const* pointers
                       flags[i] != 0});
   }
   const bool small = std::fabs(coefficients[0]) < 0.5f;
-  funcopt::Work work(static_cast<FpControl>(fp_control), [&](const funcopt::Unit& u) {
-    const Leaf& l = leaves[u.leaf];
-    Pick(l.decay, small)(coefficients, l, u.begin, u.end);
-  });
-  for (int64_t i = 0; i < n_leaves; ++i) work.Add(static_cast<int32_t>(i), sizes[i]);
-  funcopt::RunDirect(work, threads);
+  funcopt::RunLeavesDirect(
+      static_cast<FpControl>(fp_control),
+      [&](const funcopt::Unit& u) {
+        const Leaf& l = leaves[u.leaf];
+        Pick(l.decay, small)(coefficients, l, u.begin, u.end);
+      },
+      sizes, n_leaves, threads);
   return 0;
 }
